@@ -1,1 +1,371 @@
-//! TODO
+//! Metrics: every counter, gauge and histogram the relay exports, declared in one place.
+//!
+//! In: calls from the pipeline stages (`metrics.event_received(..)`, `metrics.upstream_response(..)`).
+//! Out: the Prometheus text exposition served on `GET /metrics`.
+//! Invariants: names follow Prometheus conventions (`_total` counters, `_seconds` durations);
+//! labels are small closed sets (event type, outcome, route template, status) and never carry
+//! emails, user ids or subscriber ids. The registry is owned (no global recorder), so tests can
+//! build as many independent relays as they like in one process.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    endpoint: &'static str,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResolveLabels {
+    method: &'static str,
+}
+
+/// The relay's metrics. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    events_received: Family<EventLabels, Counter>,
+    events_rejected: Family<ReasonLabels, Counter>,
+    queue_depth: Gauge,
+    queue_subscribers: Gauge,
+    oldest_queued_age: Gauge<f64, AtomicU64>,
+    updates_sent: Counter,
+    updates_coalesced: Counter,
+    updates_skipped: Counter,
+    properties_unmatched: Counter,
+    values_dropped: Counter,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_latency: Family<EndpointLabels, Histogram>,
+    upstream_rate_limited: Counter,
+    budget_remaining: Gauge,
+    cache_lookups: Family<CacheLabels, Counter>,
+    subscribers_resolved: Family<ResolveLabels, Counter>,
+    directory_pages: Counter,
+    dead_letters: Gauge,
+    dead_lettered: Counter,
+    retries: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            events_received: Family::default(),
+            events_rejected: Family::default(),
+            queue_depth: Gauge::default(),
+            queue_subscribers: Gauge::default(),
+            oldest_queued_age: Gauge::default(),
+            updates_sent: Counter::default(),
+            updates_coalesced: Counter::default(),
+            updates_skipped: Counter::default(),
+            properties_unmatched: Counter::default(),
+            values_dropped: Counter::default(),
+            upstream_requests: Family::default(),
+            upstream_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
+            upstream_rate_limited: Counter::default(),
+            budget_remaining: Gauge::default(),
+            cache_lookups: Family::default(),
+            subscribers_resolved: Family::default(),
+            directory_pages: Counter::default(),
+            dead_letters: Gauge::default(),
+            dead_lettered: Counter::default(),
+            retries: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "events_received",
+            "Segment events received, by type and outcome (stored, duplicate, ignored, rejected)",
+            m.events_received.clone(),
+        );
+        r.register(
+            "events_rejected",
+            "Segment events rejected, by reason",
+            m.events_rejected.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Events stored and not yet delivered",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "queue_subscribers",
+            "Subscribers (emails) with queued events",
+            m.queue_subscribers.clone(),
+        );
+        r.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest queued event",
+            m.oldest_queued_age.clone(),
+        );
+        r.register(
+            "updates_sent",
+            "Subscriber updates sent to ProsperStack",
+            m.updates_sent.clone(),
+        );
+        r.register(
+            "updates_coalesced",
+            "Upstream requests saved by merging several events for one subscriber into one update",
+            m.updates_coalesced.clone(),
+        );
+        r.register(
+            "updates_skipped",
+            "Subscriber updates not sent because they would change nothing",
+            m.updates_skipped.clone(),
+        );
+        r.register(
+            "traits_unmatched",
+            "Traits that matched no ProsperStack property and were not sent",
+            m.properties_unmatched.clone(),
+        );
+        r.register(
+            "values_dropped",
+            "Trait values dropped because they could not be converted to the property's type",
+            m.values_dropped.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests to the ProsperStack API, by endpoint template and status",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_request_duration_seconds",
+            "Latency of requests to the ProsperStack API",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "upstream_rate_limited",
+            "429 answers from ProsperStack",
+            m.upstream_rate_limited.clone(),
+        );
+        r.register(
+            "budget_remaining",
+            "RateLimit-Remaining as last reported by ProsperStack",
+            m.budget_remaining.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Cache look-ups, by cache and result (hit, miss)",
+            m.cache_lookups.clone(),
+        );
+        r.register(
+            "subscribers_resolved",
+            "Emails resolved to subscriber ids, by method (lookup, directory)",
+            m.subscribers_resolved.clone(),
+        );
+        r.register(
+            "directory_pages",
+            "Subscriber list pages fetched to warm the directory",
+            m.directory_pages.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters currently stored",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Updates or properties that became dead letters",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "delivery_retries",
+            "Deliveries rescheduled after a failure",
+            m.retries.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+
+    pub fn event_received(&self, event_type: &str, outcome: &'static str) {
+        // Segment's types are a closed set; anything else is folded so labels stay bounded.
+        let known = [
+            "identify", "track", "page", "screen", "group", "alias", "delete",
+        ];
+        let t = if known.contains(&event_type) {
+            event_type
+        } else {
+            "other"
+        };
+        self.events_received
+            .get_or_create(&EventLabels {
+                r#type: t.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn event_rejected(&self, reason: &'static str) {
+        self.events_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn set_queue(&self, events: u64, subscribers: u64, oldest_age_secs: f64) {
+        self.queue_depth.set(events as i64);
+        self.queue_subscribers.set(subscribers as i64);
+        self.oldest_queued_age.set(oldest_age_secs);
+    }
+
+    pub fn update_sent(&self, events_merged: u64) {
+        self.updates_sent.inc();
+        if events_merged > 1 {
+            self.updates_coalesced.inc_by(events_merged - 1);
+        }
+    }
+
+    pub fn update_skipped(&self) {
+        self.updates_skipped.inc();
+    }
+
+    pub fn trait_unmatched(&self) {
+        self.properties_unmatched.inc();
+    }
+
+    pub fn value_dropped(&self) {
+        self.values_dropped.inc();
+    }
+
+    /// One finished upstream request; `status` is the HTTP status or an error class
+    /// (`timeout`, `connect`, `error`).
+    pub fn upstream_response(&self, endpoint: &'static str, status: &str, elapsed_secs: f64) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                endpoint,
+                status: status.to_owned(),
+            })
+            .inc();
+        self.upstream_latency
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed_secs);
+        if status == "429" {
+            self.upstream_rate_limited.inc();
+        }
+    }
+
+    pub fn set_budget_remaining(&self, remaining: u32) {
+        self.budget_remaining.set(i64::from(remaining));
+    }
+
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
+    }
+
+    pub fn subscriber_resolved(&self, method: &'static str) {
+        self.subscribers_resolved
+            .get_or_create(&ResolveLabels { method })
+            .inc();
+    }
+
+    pub fn directory_page(&self) {
+        self.directory_pages.inc();
+    }
+
+    pub fn set_dead_letters(&self, count: u64) {
+        self.dead_letters.set(count as i64);
+    }
+
+    pub fn dead_lettered(&self, count: u64) {
+        self.dead_lettered.inc_by(count);
+    }
+
+    pub fn retry_scheduled(&self) {
+        self.retries.inc();
+    }
+
+    /// Total upstream requests seen so far (all endpoints and statuses); used by benchmarks.
+    pub fn upstream_requests_total(&self) -> u64 {
+        let text = self.render();
+        sum_series(&text, "relay_upstream_requests_total")
+    }
+}
+
+/// Sums every sample of one metric family in a text exposition.
+pub fn sum_series(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters show up in the exposition with the relay prefix and Prometheus suffixes.
+    #[test]
+    fn exposition_has_conventional_names() {
+        let m = Metrics::new();
+        m.event_received("identify", "stored");
+        m.upstream_response("PUT /v1/subscribers/{id}", "200", 0.01);
+        m.upstream_response("PUT /v1/subscribers/{id}", "429", 0.01);
+        let text = m.render();
+        assert!(
+            text.contains("relay_events_received_total{type=\"identify\",outcome=\"stored\"} 1")
+        );
+        assert!(text.contains("relay_upstream_rate_limited_total 1"));
+        assert!(text.contains("relay_upstream_request_duration_seconds_bucket"));
+        assert_eq!(m.upstream_requests_total(), 2);
+    }
+
+    /// Unknown event types are folded into one label value.
+    #[test]
+    fn unknown_event_types_fold_into_other() {
+        let m = Metrics::new();
+        m.event_received("somethingelse", "ignored");
+        assert!(m.render().contains("type=\"other\""));
+    }
+}
