@@ -1,1 +1,292 @@
-//! TODO
+//! Identify: one Segment event (already parsed JSON) in, one normalised [`Event`] out.
+//!
+//! In: a `serde_json::Value` that `ingest` found in the request body (single, array or batch).
+//! Out: [`Event::Identify`] with the email as sent (if any), flattened traits, the Engage
+//! computation and the event time; [`Event::Delete`] for Segment user-deletion requests;
+//! [`Event::Ignored`] for every other type; or an [`EventError`] for input that can never succeed.
+//! Stays true: nothing here knows ProsperStack; the email fallback through a remembered
+//! `userId` happens in the store, inside the transaction that stores the event.
+
+use chrono::DateTime;
+use serde_json::{Map, Value};
+
+/// The Engage computation an Identify carries (`context.personas`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Engage {
+    /// `audience`, `journey_step`, `trait` or `computed_trait`.
+    pub class: String,
+    /// The snake_cased audience or trait name; the trait of this name carries the value.
+    pub key: String,
+}
+
+impl Engage {
+    /// Audiences and journey steps carry a boolean membership.
+    pub fn is_membership(&self) -> bool {
+        matches!(self.class.as_str(), "audience" | "journey_step")
+    }
+}
+
+/// A normalised Identify call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentifyUpdate {
+    pub message_id: String,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// `traits.email`, else `context.traits.email`, trimmed; `None` when neither is a string.
+    pub email: Option<String>,
+    /// Milliseconds since the epoch: `timestamp`, else `originalTimestamp`, else `receivedAt`,
+    /// else the time the relay received it.
+    pub timestamp_ms: i64,
+    /// Traits flattened one level (`traits.traits` merged in, inner winning), `email` removed.
+    pub traits: Map<String, Value>,
+    pub engage: Option<Engage>,
+}
+
+/// What one Segment event means to the relay.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Identify(IdentifyUpdate),
+    /// A user-deletion request: forget the user's email and anything queued for them.
+    Delete {
+        message_id: String,
+        user_id: String,
+    },
+    /// Any other type: acknowledged, counted, not applied.
+    Ignored {
+        event_type: String,
+    },
+}
+
+impl Event {
+    pub fn type_name(&self) -> &str {
+        match self {
+            Event::Identify(_) => "identify",
+            Event::Delete { .. } => "delete",
+            Event::Ignored { event_type } => event_type,
+        }
+    }
+}
+
+/// Why an event can never be applied (answered 4xx; Segment drops it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("an event must be a JSON object")]
+    NotAnObject,
+    #[error("the event has no \"type\"")]
+    MissingType,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Normalises one event. `received_ms` is used when the event carries no usable time, and
+/// to make a message id for events that have none (Segment always sends one; curl may not).
+pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {
+    let obj = value.as_object().ok_or(EventError::NotAnObject)?;
+    let event_type = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(EventError::MissingType)?
+        .to_ascii_lowercase();
+    match event_type.as_str() {
+        "identify" => identify(obj, received_ms).map(Event::Identify),
+        "delete" => delete(obj, received_ms),
+        _ => Ok(Event::Ignored { event_type }),
+    }
+}
+
+fn identify(obj: &Map<String, Value>, received_ms: i64) -> Result<IdentifyUpdate, EventError> {
+    let user_id = id_field(obj, "userId");
+    let anonymous_id = id_field(obj, "anonymousId");
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(EventError::Invalid(
+            "an Identify needs a userId or an anonymousId".into(),
+        ));
+    }
+    let traits = match obj.get("traits") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(t)) => t.clone(),
+        Some(_) => return Err(EventError::Invalid("\"traits\" must be an object".into())),
+    };
+    let context_traits = obj
+        .get("context")
+        .and_then(|c| c.get("traits"))
+        .and_then(Value::as_object);
+    let email = email_from(&traits).or_else(|| context_traits.and_then(email_from));
+    Ok(IdentifyUpdate {
+        message_id: message_id(obj, received_ms),
+        user_id,
+        anonymous_id,
+        email,
+        timestamp_ms: event_time(obj).unwrap_or(received_ms),
+        traits: flatten(traits),
+        engage: engage(obj),
+    })
+}
+
+fn delete(obj: &Map<String, Value>, received_ms: i64) -> Result<Event, EventError> {
+    let user_id = id_field(obj, "userId")
+        .ok_or_else(|| EventError::Invalid("a delete event needs a userId".into()))?;
+    Ok(Event::Delete {
+        message_id: message_id(obj, received_ms),
+        user_id,
+    })
+}
+
+/// Segment ids are strings, but some libraries send numbers; both are accepted as text.
+fn id_field(obj: &Map<String, Value>, name: &str) -> Option<String> {
+    match obj.get(name)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn message_id(obj: &Map<String, Value>, received_ms: i64) -> String {
+    id_field(obj, "messageId").unwrap_or_else(|| {
+        // Without a messageId there is nothing to dedupe on; a fresh id keeps the event.
+        format!("relay-{received_ms}-{:016x}", rand::random::<u64>())
+    })
+}
+
+fn email_from(traits: &Map<String, Value>) -> Option<String> {
+    let email = traits.get("email")?.as_str()?.trim();
+    (!email.is_empty()).then(|| email.to_owned())
+}
+
+/// Flattens `traits.traits` (the shape of the seeds' example) into the outer traits; the inner
+/// object wins on conflict. `email` is the identifier, not a property, so it is removed.
+fn flatten(mut traits: Map<String, Value>) -> Map<String, Value> {
+    if let Some(Value::Object(inner)) = traits.remove("traits") {
+        for (k, v) in inner {
+            traits.insert(k, v);
+        }
+    }
+    traits.remove("email");
+    traits
+}
+
+fn event_time(obj: &Map<String, Value>) -> Option<i64> {
+    ["timestamp", "originalTimestamp", "receivedAt"]
+        .iter()
+        .filter_map(|k| obj.get(*k)?.as_str())
+        .find_map(parse_time)
+}
+
+/// RFC 3339 time in milliseconds; Segment's own docs show malformed times, which fall through.
+pub fn parse_time(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn engage(obj: &Map<String, Value>) -> Option<Engage> {
+    let personas = obj.get("context")?.get("personas")?.as_object()?;
+    let class = personas.get("computation_class")?.as_str()?;
+    let key = personas.get("computation_key")?.as_str()?;
+    Some(Engage {
+        class: class.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn payload(name: &str) -> Value {
+        let path = format!(
+            "{}/../shared/reference/segment-payloads/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).expect("reference payload readable");
+        serde_json::from_str(&text).expect("reference payload is JSON")
+    }
+
+    fn identify_of(v: &Value) -> IdentifyUpdate {
+        match normalise(v, 0).expect("valid") {
+            Event::Identify(u) => u,
+            other => panic!("expected identify, got {other:?}"),
+        }
+    }
+
+    /// The seeds' nested example flattens `traits.traits` and keeps the email.
+    #[test]
+    fn nested_traits_are_flattened() {
+        let u = identify_of(&payload("identify-nested-traits.json"));
+        assert_eq!(u.email.as_deref(), Some("jordan.reyes@example.com"));
+        assert_eq!(u.traits.get("Number of contacts"), Some(&json!(5800)));
+        assert_eq!(u.traits.get("Preferred name"), Some(&json!("Jordy")));
+        assert!(!u.traits.contains_key("traits"));
+        assert!(!u.traits.contains_key("email"));
+        assert_eq!(
+            u.timestamp_ms,
+            parse_time("2024-06-10T09:20:34.968Z").unwrap()
+        );
+    }
+
+    /// The inner object wins over an outer trait of the same name.
+    #[test]
+    fn inner_traits_win_on_conflict() {
+        let v = json!({"type":"identify","userId":"u","traits":{"plan":"a","traits":{"plan":"b"}}});
+        assert_eq!(identify_of(&v).traits.get("plan"), Some(&json!("b")));
+    }
+
+    /// Email falls back to `context.traits.email`.
+    #[test]
+    fn email_from_context_traits() {
+        let v = json!({"type":"identify","userId":"u","traits":{},"context":{"traits":{"email":" a@b.c "}}});
+        assert_eq!(identify_of(&v).email.as_deref(), Some("a@b.c"));
+    }
+
+    /// Engage audience payloads carry their computation.
+    #[test]
+    fn engage_audience_is_recognised() {
+        let u = identify_of(&payload("identify-engage-audience-entered.json"));
+        let e = u.engage.expect("engage");
+        assert_eq!(e.key, "high_value_customers");
+        assert!(e.is_membership());
+        assert_eq!(u.traits.get("high_value_customers"), Some(&json!(true)));
+        let c = identify_of(&payload("identify-engage-computed-trait.json"));
+        assert!(!c.engage.expect("engage").is_membership());
+    }
+
+    /// Track events are ignored, not rejected; deletes need a userId.
+    #[test]
+    fn other_types() {
+        assert!(matches!(
+            normalise(&payload("track-event.json"), 0),
+            Ok(Event::Ignored { .. })
+        ));
+        assert!(matches!(
+            normalise(&json!({"type":"delete","userId":"u1"}), 0),
+            Ok(Event::Delete { .. })
+        ));
+        assert!(normalise(&json!({"type":"delete"}), 0).is_err());
+    }
+
+    /// Input that can never succeed is an error, not a panic.
+    #[test]
+    fn invalid_shapes() {
+        assert_eq!(normalise(&json!([1]), 0), Err(EventError::NotAnObject));
+        assert_eq!(normalise(&json!({"a":1}), 0), Err(EventError::MissingType));
+        assert!(normalise(&json!({"type":"identify","traits":{}}), 0).is_err());
+        assert!(normalise(&json!({"type":"identify","userId":"u","traits":[1]}), 0).is_err());
+    }
+
+    /// A malformed timestamp falls back to the next field, then to the receive time.
+    #[test]
+    fn time_fallbacks() {
+        let v = json!({"type":"identify","userId":"u","timestamp":"2015-2-02T00:30:08.276Z",
+                       "originalTimestamp":"2024-01-01T00:00:00Z"});
+        assert_eq!(identify_of(&v).timestamp_ms, 1_704_067_200_000);
+        let v = json!({"type":"identify","userId":"u"});
+        assert_eq!(
+            match normalise(&v, 42) {
+                Ok(Event::Identify(u)) => u.timestamp_ms,
+                _ => 0,
+            },
+            42
+        );
+    }
+}

@@ -1,1 +1,190 @@
-//! TODO
+//! Store: the durable queue between ingest and delivery.
+//!
+//! In: normalised events from `ingest` ([`Incoming`]); job results from `delivery` ([`JobResult`]).
+//! Out: per-outcome answers for ingest ([`IngestOutcome`]) and due [`Job`]s for delivery.
+//!
+//! The contract every implementation keeps:
+//! - **Acknowledgement.** `ingest` returns only after the events are committed durably (SQLite:
+//!   WAL with `synchronous=FULL`); ingest answers 2xx only then. Many concurrent calls share one
+//!   transaction (group commit).
+//! - **Dedupe.** An event whose `messageId` was stored before is answered `Duplicate` and not
+//!   stored again. Seen ids are kept for the retention window (`prune`).
+//! - **Email memory.** An Identify with no email takes the one last stored for its `userId`;
+//!   with an email, that email is remembered for the `userId`. A `delete` forgets the user's
+//!   email, their queued events and what was applied for that email.
+//! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
+//!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
+//!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
+//!   stay queued and make the job due again).
+//! - **Removal.** Events leave the queue only through `finish`: delivered (their values are
+//!   recorded in the applied table with their timestamps, so a stale event arriving later can
+//!   be recognised) or moved to a dead letter. Nothing else deletes them, so a crash at any
+//!   moment leaves every acknowledged event either queued or delivered.
+//! - **Attempts.** A retried job keeps its attempt count, next-try time, the time its subscriber
+//!   was first found missing and the last error; these survive restarts.
+//! - **Dead letters** keep the reason, the attempts, the properties concerned and the original
+//!   events' JSON; replay puts the original events back in the queue.
+
+mod sqlite;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::identify::{Engage, Event};
+
+pub use sqlite::{SqliteStore, StoreOptions};
+
+/// One event as ingest hands it to the store.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub event: Event,
+    /// The event's JSON as received, kept for dead letters and replay.
+    pub raw: String,
+}
+
+/// What became of one incoming event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored,
+    Duplicate,
+    /// A delete request that was applied.
+    Forgotten,
+    Ignored,
+    /// An Identify without an email and none remembered for its `userId`.
+    NoEmail,
+}
+
+/// An event waiting to be delivered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedEvent {
+    pub id: i64,
+    pub message_id: String,
+    pub timestamp_ms: i64,
+    pub traits: Map<String, Value>,
+    pub engage: Option<Engage>,
+}
+
+/// Everything queued for one email.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub email: String,
+    pub attempts: u32,
+    pub first_queued_ms: i64,
+    /// When delivery first found no subscriber with this email.
+    pub waiting_since_ms: Option<i64>,
+    pub events: Vec<QueuedEvent>,
+    /// Property key → timestamp of the value last delivered for this email.
+    pub applied: HashMap<String, i64>,
+}
+
+impl Job {
+    pub fn up_to_event_id(&self) -> i64 {
+        self.events.iter().map(|e| e.id).max().unwrap_or(0)
+    }
+}
+
+/// A property ProsperStack refused, to be kept as a dead letter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RejectedProperty {
+    pub key: String,
+    pub value: Value,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    /// Sent (or nothing needed sending): the events leave the queue; `applied` records the
+    /// timestamp of each property value now in ProsperStack; `rejected` become dead letters.
+    Delivered {
+        applied: Vec<(String, i64)>,
+        rejected: Vec<RejectedProperty>,
+        attempts: u32,
+    },
+    /// Try again later; the events stay queued.
+    RetryAt {
+        at_ms: i64,
+        attempts: u32,
+        waiting_since_ms: Option<i64>,
+        error: String,
+    },
+    /// Give up: the events become one dead letter.
+    DeadLetter { reason: String, attempts: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobResult {
+    pub email: String,
+    pub up_to_event_id: i64,
+    pub outcome: JobOutcome,
+}
+
+/// Queue figures for metrics and readiness.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    pub events: u64,
+    pub subscribers: u64,
+    pub oldest_received_ms: Option<i64>,
+    pub dead_letters: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub email: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub created_ms: i64,
+    /// The properties concerned (`{}` when the whole update failed).
+    pub properties: Map<String, Value>,
+    /// The original events' JSON.
+    pub events: Vec<Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("cannot use data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("the store is closed")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The durable queue. One implementation today (SQLite); the trait is the seam for a shared
+/// database serving several replicas later.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the events in one transaction and answers one outcome per event, in order.
+    async fn ingest(
+        &self,
+        events: Vec<Incoming>,
+        now_ms: i64,
+    ) -> Result<Vec<IngestOutcome>, StoreError>;
+    /// Jobs due at `now_ms`, oldest first, at most `limit`.
+    async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// When the next job falls due, if any is queued.
+    async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
+    /// Records the results of delivery attempts, all in one transaction.
+    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<(), StoreError>;
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
+    /// A real round trip (write and read) for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Forgets seen message ids and applied timestamps older than `before_ms`.
+    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Puts the original events of the given dead letters (all when `None`) back in the queue.
+    async fn replay_dead_letters(
+        &self,
+        ids: Option<Vec<i64>>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
+    async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError>;
+}
+
+/// Milliseconds since the epoch, the store's time unit.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

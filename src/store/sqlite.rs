@@ -1,0 +1,669 @@
+//! The SQLite implementation of [`Store`]: one file `relay.db` in the data directory, WAL mode,
+//! `synchronous=FULL`, owned by one writer thread that commits whatever requests are waiting
+//! in one transaction (group commit). Each request runs inside a savepoint, so one failing
+//! request never spoils its neighbours; replies are sent only after the commit.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::{
+    DeadLetter, Incoming, IngestOutcome, Job, JobOutcome, JobResult, QueueStats, QueuedEvent,
+    Store, StoreError,
+};
+use crate::identify::{self, Engage, Event, IdentifyUpdate};
+
+/// How many waiting requests one transaction takes at most.
+const MAX_GROUP: usize = 256;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    user_id TEXT,
+    ts_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    traits TEXT NOT NULL,
+    engage TEXT,
+    raw TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_email ON events(email, id);
+CREATE INDEX IF NOT EXISTS events_user ON events(user_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    email TEXT PRIMARY KEY,
+    next_attempt_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_queued_ms INTEGER NOT NULL,
+    waiting_since_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(next_attempt_ms);
+CREATE TABLE IF NOT EXISTS seen (
+    message_id TEXT PRIMARY KEY,
+    seen_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_age ON seen(seen_ms);
+CREATE TABLE IF NOT EXISTS user_emails (
+    user_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS applied (
+    email TEXT NOT NULL,
+    key TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (email, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    events TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+";
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
+
+/// Tunables of the SQLite store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A new job waits this long before its first attempt, so that events for the same
+    /// subscriber arriving close together go out as one update.
+    pub coalesce_ms: i64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { coalesce_ms: 0 }
+    }
+}
+
+/// Handle to the store; cheap to clone, all clones talk to the same writer thread.
+#[derive(Clone)]
+pub struct SqliteStore {
+    ops: mpsc::Sender<Op>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on the
+    /// directory so that two relays can never deliver from the same queue.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        let data_dir_error = |reason: String| StoreError::DataDir {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+        let lock = lock_dir(dir).map_err(data_dir_error)?;
+        let conn = Connection::open(dir.join("relay.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel::<Op>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx, lock, options))
+            .map_err(|e| data_dir_error(e.to_string()))?;
+        Ok(SqliteStore { ops: tx })
+    }
+
+    /// Runs `f` in the writer's current transaction and answers after the commit.
+    async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &StoreOptions) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Op = Box::new(move |conn: &Connection, options: &StoreOptions| {
+            let result = in_savepoint(conn, |c| f(c, options));
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        self.ops.send(op).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, String> {
+    let path: PathBuf = dir.join("relay.lock");
+    let file = File::create(&path).map_err(|e| e.to_string())?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err("another relay process is using it (relay.lock is held)".into())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.to_string()),
+    }
+}
+
+/// The writer thread: waits for one request, takes every other waiting one (up to
+/// [`MAX_GROUP`]), runs them in one transaction, commits, then answers them all.
+fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, _lock: File, options: StoreOptions) {
+    while let Ok(first) = ops.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match ops.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        let completions: Vec<Completion> =
+            group.into_iter().map(|op| op(&conn, &options)).collect();
+        let commit = begin
+            .and_then(|()| conn.execute_batch("COMMIT"))
+            .map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for complete in completions {
+            let outcome = match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            };
+            complete(outcome);
+        }
+    }
+    // All handles dropped: the connection closes here and the lock is released.
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(e)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        events: Vec<Incoming>,
+        now_ms: i64,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        self.call(move |c, o| events.iter().map(|e| ingest_one(c, o, e, now_ms)).collect())
+            .await
+    }
+
+    async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.call(move |c, _| due_jobs(c, now_ms, limit)).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.call(
+            |c, _| Ok(c.query_row("SELECT MIN(next_attempt_ms) FROM jobs", [], |r| r.get(0))?),
+        )
+        .await
+    }
+
+    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<(), StoreError> {
+        self.call(move |c, o| {
+            for result in &results {
+                finish_one(c, o, result, now_ms)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.call(|c, _| {
+            let (events, oldest) =
+                c.query_row("SELECT COUNT(*), MIN(received_ms) FROM events", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                })?;
+            let subscribers: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+            let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+            Ok(QueueStats {
+                events: events as u64,
+                subscribers: subscribers as u64,
+                oldest_received_ms: oldest,
+                dead_letters: dead as u64,
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let at = super::now_ms();
+        let read: i64 = self
+            .call(move |c, _| {
+                c.execute(
+                    "INSERT INTO health (id, at_ms) VALUES (1, ?1)
+                     ON CONFLICT(id) DO UPDATE SET at_ms = excluded.at_ms",
+                    [at],
+                )?;
+                Ok(c.query_row("SELECT at_ms FROM health WHERE id = 1", [], |r| r.get(0))?)
+            })
+            .await?;
+        if read == at {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt("health row did not read back".into()))
+        }
+    }
+
+    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.call(move |c, _| {
+            let seen = c.execute("DELETE FROM seen WHERE seen_ms < ?1", [before_ms])?;
+            let applied = c.execute("DELETE FROM applied WHERE updated_ms < ?1", [before_ms])?;
+            Ok((seen + applied) as u64)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.call(|c, _| {
+            let mut stmt = c.prepare(
+                "SELECT id, email, reason, attempts, created_ms, properties, events
+                 FROM dead_letters ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, email, reason, attempts, created_ms, properties, events) = row?;
+                out.push(DeadLetter {
+                    id,
+                    email,
+                    reason,
+                    attempts,
+                    created_ms,
+                    properties: from_json(&properties)?,
+                    events: from_json(&events)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        ids: Option<Vec<i64>>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let letters = self.dead_letters().await?;
+        let chosen: Vec<DeadLetter> = letters
+            .into_iter()
+            .filter(|d| ids.as_ref().is_none_or(|ids| ids.contains(&d.id)))
+            .collect();
+        self.call(move |c, o| {
+            for letter in &chosen {
+                requeue(c, o, letter, now_ms)?;
+                c.execute("DELETE FROM dead_letters WHERE id = ?1", [letter.id])?;
+            }
+            Ok(chosen.len())
+        })
+        .await
+    }
+
+    async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError> {
+        self.call(move |c, _| {
+            Ok(c.execute(
+                "DELETE FROM dead_letters WHERE created_ms < ?1",
+                [created_before_ms],
+            )?)
+        })
+        .await
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn seen_before(c: &Connection, message_id: &str) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM seen WHERE message_id = ?1",
+        [message_id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+fn mark_seen(c: &Connection, message_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR IGNORE INTO seen (message_id, seen_ms) VALUES (?1, ?2)",
+        params![message_id, now_ms],
+    )?;
+    Ok(())
+}
+
+fn remembered_email(c: &Connection, user_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(c.query_row(
+        "SELECT email FROM user_emails WHERE user_id = ?1",
+        [user_id],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+fn ingest_one(
+    c: &Connection,
+    o: &StoreOptions,
+    incoming: &Incoming,
+    now_ms: i64,
+) -> Result<IngestOutcome, StoreError> {
+    match &incoming.event {
+        Event::Ignored { .. } => Ok(IngestOutcome::Ignored),
+        Event::Identify(update) => {
+            if seen_before(c, &update.message_id)? {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            let email = match (&update.email, &update.user_id) {
+                (Some(e), _) => e.clone(),
+                (None, Some(user)) => match remembered_email(c, user)? {
+                    Some(e) => e,
+                    None => return Ok(IngestOutcome::NoEmail),
+                },
+                (None, None) => return Ok(IngestOutcome::NoEmail),
+            };
+            enqueue(c, o, update, &email, &incoming.raw, now_ms)?;
+            if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
+                c.execute(
+                    "INSERT INTO user_emails (user_id, email, updated_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(user_id) DO UPDATE SET email = excluded.email,
+                     updated_ms = excluded.updated_ms",
+                    params![user, e, now_ms],
+                )?;
+            }
+            mark_seen(c, &update.message_id, now_ms)?;
+            Ok(IngestOutcome::Stored)
+        }
+        Event::Delete {
+            message_id,
+            user_id,
+        } => {
+            if seen_before(c, message_id)? {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            forget_user(c, user_id)?;
+            mark_seen(c, message_id, now_ms)?;
+            Ok(IngestOutcome::Forgotten)
+        }
+    }
+}
+
+fn enqueue(
+    c: &Connection,
+    o: &StoreOptions,
+    update: &IdentifyUpdate,
+    email: &str,
+    raw: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let engage = update.engage.as_ref().map(to_json).transpose()?;
+    c.prepare_cached(
+        "INSERT INTO events (message_id, email, user_id, ts_ms, received_ms, traits, engage, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        update.message_id,
+        email,
+        update.user_id,
+        update.timestamp_ms,
+        now_ms,
+        to_json(&update.traits)?,
+        engage,
+        raw
+    ])?;
+    // An existing job keeps its schedule: new events must not cut short a backoff.
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO jobs (email, next_attempt_ms, first_queued_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![email, now_ms + o.coalesce_ms, now_ms])?;
+    Ok(())
+}
+
+fn forget_user(c: &Connection, user_id: &str) -> Result<(), StoreError> {
+    let email = remembered_email(c, user_id)?;
+    c.execute("DELETE FROM user_emails WHERE user_id = ?1", [user_id])?;
+    c.execute("DELETE FROM events WHERE user_id = ?1", [user_id])?;
+    if let Some(email) = &email {
+        c.execute("DELETE FROM events WHERE email = ?1", [email])?;
+        c.execute("DELETE FROM applied WHERE email = ?1", [email])?;
+    }
+    // Jobs whose events are all gone have nothing left to deliver.
+    c.execute(
+        "DELETE FROM jobs WHERE NOT EXISTS (SELECT 1 FROM events WHERE events.email = jobs.email)",
+        [],
+    )?;
+    Ok(())
+}
+
+fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT email, attempts, first_queued_ms, waiting_since_ms FROM jobs
+         WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, first_queued_ms LIMIT ?2",
+    )?;
+    let heads = stmt
+        .query_map(params![now_ms, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    heads
+        .into_iter()
+        .map(|(email, attempts, first_queued_ms, waiting_since_ms)| {
+            Ok(Job {
+                events: queued_events(c, &email)?,
+                applied: applied(c, &email)?,
+                email,
+                attempts,
+                first_queued_ms,
+                waiting_since_ms,
+            })
+        })
+        .collect()
+}
+
+fn queued_events(c: &Connection, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, message_id, ts_ms, traits, engage FROM events WHERE email = ?1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([email], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(id, message_id, timestamp_ms, traits, engage)| {
+            Ok(QueuedEvent {
+                id,
+                message_id,
+                timestamp_ms,
+                traits: from_json(&traits)?,
+                engage: engage.as_deref().map(from_json::<Engage>).transpose()?,
+            })
+        })
+        .collect()
+}
+
+fn applied(c: &Connection, email: &str) -> Result<HashMap<String, i64>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT key, ts_ms FROM applied WHERE email = ?1")?;
+    let rows = stmt.query_map([email], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn finish_one(
+    c: &Connection,
+    o: &StoreOptions,
+    result: &JobResult,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let email = result.email.as_str();
+    match &result.outcome {
+        JobOutcome::RetryAt {
+            at_ms,
+            attempts,
+            waiting_since_ms,
+            error,
+        } => {
+            c.execute(
+                "UPDATE jobs SET next_attempt_ms = ?2, attempts = ?3, waiting_since_ms = ?4,
+                 last_error = ?5 WHERE email = ?1",
+                params![email, at_ms, attempts, waiting_since_ms, error],
+            )?;
+            return Ok(());
+        }
+        JobOutcome::Delivered {
+            applied,
+            rejected,
+            attempts,
+        } => {
+            for (key, ts) in applied {
+                c.prepare_cached(
+                    "INSERT INTO applied (email, key, ts_ms, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(email, key) DO UPDATE SET ts_ms = MAX(ts_ms, excluded.ts_ms),
+                     updated_ms = excluded.updated_ms",
+                )?
+                .execute(params![email, key, ts, now_ms])?;
+            }
+            for r in rejected {
+                let mut props = Map::new();
+                props.insert(r.key.clone(), r.value.clone());
+                add_dead_letter(c, result, &r.reason, *attempts, &props, now_ms)?;
+            }
+        }
+        JobOutcome::DeadLetter { reason, attempts } => {
+            add_dead_letter(c, result, reason, *attempts, &Map::new(), now_ms)?;
+        }
+    }
+    c.execute(
+        "DELETE FROM events WHERE email = ?1 AND id <= ?2",
+        params![email, result.up_to_event_id],
+    )?;
+    settle_job(c, o, email, now_ms)
+}
+
+/// After events left the queue: drop the job if nothing remains, else make it due again
+/// (events that arrived during the attempt) with a fresh attempt count.
+fn settle_job(
+    c: &Connection,
+    o: &StoreOptions,
+    email: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let remaining: i64 = c.query_row(
+        "SELECT COUNT(*) FROM events WHERE email = ?1",
+        [email],
+        |r| r.get(0),
+    )?;
+    if remaining == 0 {
+        c.execute("DELETE FROM jobs WHERE email = ?1", [email])?;
+    } else {
+        c.execute(
+            "UPDATE jobs SET next_attempt_ms = ?2, attempts = 0, waiting_since_ms = NULL,
+             last_error = NULL WHERE email = ?1",
+            params![email, now_ms + o.coalesce_ms],
+        )?;
+    }
+    Ok(())
+}
+
+fn add_dead_letter(
+    c: &Connection,
+    result: &JobResult,
+    reason: &str,
+    attempts: u32,
+    properties: &Map<String, Value>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT raw FROM events WHERE email = ?1 AND id <= ?2 ORDER BY id")?;
+    let raws = stmt
+        .query_map(params![result.email, result.up_to_event_id], |r| {
+            r.get::<_, String>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let events: Vec<Value> = raws
+        .iter()
+        .map(|raw| serde_json::from_str(raw).unwrap_or(Value::String(raw.clone())))
+        .collect();
+    c.execute(
+        "INSERT INTO dead_letters (email, reason, attempts, created_ms, properties, events)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            result.email,
+            reason,
+            attempts,
+            now_ms,
+            to_json(properties)?,
+            to_json(&events)?
+        ],
+    )?;
+    Ok(())
+}
+
+/// Puts a dead letter's original events back in the queue under its email, bypassing
+/// dedupe (they were seen, on purpose).
+fn requeue(
+    c: &Connection,
+    o: &StoreOptions,
+    letter: &DeadLetter,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for raw in &letter.events {
+        let Ok(Event::Identify(update)) = identify::normalise(raw, now_ms) else {
+            continue;
+        };
+        enqueue(c, o, &update, &letter.email, &raw.to_string(), now_ms)?;
+    }
+    // A job that was waiting keeps its place; a replay should be tried now.
+    c.execute(
+        "UPDATE jobs SET next_attempt_ms = MIN(next_attempt_ms, ?2) WHERE email = ?1",
+        params![letter.email, now_ms],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
