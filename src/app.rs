@@ -1,1 +1,215 @@
-//! TODO
+//! App: wires the stages together and runs them until shutdown.
+//!
+//! In: [`Settings`], a bound listener and a shutdown future (SIGTERM in `main`, a trigger in
+//! tests). Out: the HTTP service (ingest, health, metrics), the delivery worker and the
+//! maintenance task, until shutdown; then the drain:
+//! 1. `/readyz` answers 503 and new events are refused with 503 (Segment retries them);
+//! 2. delivery finishes its current job, or is stopped at the drain deadline — its events are
+//!    still queued, so nothing is lost;
+//! 3. in-flight HTTP requests finish and [`run`] returns `Ok`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::Budget;
+use crate::config::Settings;
+use crate::delivery::{Delivery, DeliverySettings};
+use crate::health::{self, HealthState};
+use crate::ingest::{self, IngestState};
+use crate::mapping::{CatalogueCache, Rules};
+use crate::metrics::Metrics;
+use crate::prosperstack::{ApiError, Client};
+use crate::resolve::Resolver;
+use crate::retry::Backoff;
+use crate::store::{now_ms, SqliteStore, Store, StoreError, StoreOptions};
+
+/// How often queue gauges are refreshed and old dedupe ids pruned.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("ProsperStack client: {0}")]
+    Client(#[from] ApiError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store for `settings` (taking the data directory's lock).
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    let options = StoreOptions {
+        coalesce_ms: settings.coalesce_delay.as_millis() as i64,
+    };
+    Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
+}
+
+/// Runs the relay until `shutdown` completes, then drains and returns.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let store = open_store(&settings)?;
+    let metrics = Arc::new(Metrics::new());
+    let budget = Arc::new(Budget::new(settings.rate_limit_requests, settings.rate_limit_window));
+    let client = Client::new(
+        settings.api_url.clone(),
+        settings.api_key.clone(),
+        budget,
+        metrics.clone(),
+        settings.request_timeout,
+    )?;
+    let wake = Arc::new(Notify::new());
+    let draining = Arc::new(AtomicBool::new(false));
+    let delivery = Arc::new(delivery_for(&settings, store.clone(), client, metrics.clone(), wake.clone()));
+
+    let stop_workers = CancellationToken::new();
+    let delivery_task = tokio::spawn(delivery.run(stop_workers.clone()));
+    let maintenance_task = tokio::spawn(maintenance(
+        store.clone(),
+        metrics.clone(),
+        settings.dedupe_retention,
+        stop_workers.clone(),
+    ));
+
+    let ingest_state = IngestState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        shared_secret: settings.shared_secret.clone(),
+        ingest_token: settings.ingest_token.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        wake,
+        draining: draining.clone(),
+    };
+    let health_state = HealthState { store: store.clone(), draining: draining.clone() };
+    let mut router = ingest::router(ingest_state).merge(health::router(health_state));
+    let stop_http = CancellationToken::new();
+    let mut servers = Vec::new();
+    match settings.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr).await?;
+            tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
+            servers.push(spawn_server(metrics_listener, health::metrics_router(metrics.clone()), &stop_http));
+        }
+        None => router = router.merge(health::metrics_router(metrics.clone())),
+    }
+    tracing::info!(address = %listener.local_addr()?, upstream = %settings.api_url, "relay listening");
+    servers.push(spawn_server(listener, router.layer(crate::telemetry::request_layer()), &stop_http));
+
+    shutdown.await;
+    tracing::info!(deadline_secs = settings.drain_deadline.as_secs_f64(), "shutting down: draining");
+    draining.store(true, Ordering::SeqCst);
+    stop_workers.cancel();
+    drain(delivery_task, settings.drain_deadline).await;
+    maintenance_task.abort();
+    stop_http.cancel();
+    for server in servers {
+        match server.await {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    router: Router,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    })
+}
+
+/// Waits for delivery to stop by itself; at the deadline, stops it where it is. Its current
+/// job was not recorded as done, so its events are still queued for the next start.
+async fn drain(delivery: tokio::task::JoinHandle<()>, deadline: Duration) {
+    let abort = delivery.abort_handle();
+    if tokio::time::timeout(deadline, delivery).await.is_err() {
+        abort.abort();
+        tracing::warn!("drain deadline passed; in-flight delivery left queued for the next start");
+    }
+}
+
+/// Builds the delivery worker from settings.
+pub fn delivery_for(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    client: Client,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+) -> Delivery {
+    Delivery {
+        store,
+        client,
+        resolver: Resolver::new(settings.subscriber_cache_ttl, settings.negative_cache_ttl, metrics.clone()),
+        catalogue: CatalogueCache::new(settings.catalogue_refresh),
+        rules: Rules {
+            trait_mappings: settings.trait_mappings.clone(),
+            snake_case_match: settings.snake_case_match,
+        },
+        metrics,
+        settings: DeliverySettings {
+            subscriber_wait: settings.subscriber_wait,
+            waiting_retry_min: settings.waiting_retry_min,
+            waiting_retry_max: settings.waiting_retry_max,
+            retry_window: settings.retry_window,
+            create_audience_properties: settings.create_audience_properties,
+            backoff: Backoff::default(),
+        },
+        wake,
+    }
+}
+
+/// Keeps queue gauges fresh and forgets dedupe ids past the retention window.
+async fn maintenance(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = gauges.tick() => refresh_gauges(store.as_ref(), &metrics).await,
+            _ = prune.tick() => {
+                let before = now_ms() - retention.as_millis() as i64;
+                match store.prune(before).await {
+                    Ok(n) if n > 0 => tracing::info!(forgotten = n, "pruned dedupe ids and applied timestamps past retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                }
+            }
+        }
+    }
+}
+
+pub async fn refresh_gauges(store: &dyn Store, metrics: &Metrics) {
+    match store.stats().await {
+        Ok(stats) => {
+            let age = stats
+                .oldest_received_ms
+                .map(|t| (now_ms() - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics.set_queue(stats.events, stats.subscribers, age);
+            metrics.set_dead_letters(stats.dead_letters);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read queue figures"),
+    }
+}

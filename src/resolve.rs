@@ -1,1 +1,239 @@
-//! TODO
+//! Resolve: email in, ProsperStack subscriber (id and, when known, current property values) out.
+//!
+//! In: the emails of the jobs delivery is about to send, and the size of the whole backlog.
+//! Out: [`Resolution`] per email, from a moka cache (positive entries for `subscriber_ttl`,
+//! negative "no such subscriber" entries for the short `negative_ttl`), filled either by one
+//! look-up per email (`GET /v1/subscribers?email=…`) or by paging the whole subscriber list
+//! 100 at a time (the directory warm-up) when that is cheaper.
+//!
+//! The warm-up rule (see [`should_warm`]): page the directory when the backlog holds more
+//! unresolved emails than the listing would cost in requests. The cost is known once a full
+//! listing has been seen (pages of the last complete walk); before that it is estimated as one
+//! page per 100 unresolved emails, and a walk stops early once it has found every email it
+//! was after, or when, after a few pages, it is finding fewer wanted emails than pages it
+//! fetched (the directory is much larger than the backlog: look-ups are cheaper).
+//! After a complete walk, emails it did not find are cached as missing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde_json::{Map, Value};
+
+use crate::metrics::Metrics;
+use crate::prosperstack::{ApiError, Client, Subscriber};
+
+/// Subscribers a list page returns.
+pub const PAGE_SIZE: u64 = 100;
+/// Pages a walk fetches before it judges whether paging is paying off.
+const PAGES_BEFORE_JUDGING: u64 = 3;
+
+/// A subscriber as the relay knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Known {
+    pub id: String,
+    /// Current property values by key, when the relay has seen them (from a list page or the
+    /// answer to its last update); lets delivery skip updates that would change nothing.
+    pub values: Option<Arc<Map<String, Value>>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    Found(Known),
+    /// ProsperStack has no subscriber with this email (yet).
+    Missing,
+}
+
+/// What a directory walk did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkReport {
+    pub pages: u64,
+    pub found: u64,
+    pub complete: bool,
+}
+
+pub struct Resolver {
+    found: Cache<String, Known>,
+    missing: Cache<String, ()>,
+    /// Pages of the last complete directory walk (0: never walked).
+    directory_pages: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// The warm-up rule: page the directory when `unresolved` emails would cost more look-ups than
+/// the listing costs pages. `known_pages` is the size of the last complete walk, if any.
+pub fn should_warm(unresolved: u64, known_pages: Option<u64>) -> bool {
+    match known_pages {
+        Some(pages) => unresolved > pages,
+        // Unknown size: worth a try once a full page's worth of emails is waiting; the walk
+        // itself stops when it stops paying off.
+        None => unresolved >= PAGE_SIZE,
+    }
+}
+
+impl Resolver {
+    pub fn new(ttl: Duration, negative_ttl: Duration, metrics: Arc<Metrics>) -> Resolver {
+        Resolver {
+            found: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(ttl)
+                .build(),
+            missing: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(negative_ttl)
+                .build(),
+            directory_pages: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The cached answer for an email, if any.
+    pub async fn cached(&self, email: &str) -> Option<Resolution> {
+        if let Some(known) = self.found.get(email).await {
+            self.metrics.cache_lookup("subscriber", true);
+            return Some(Resolution::Found(known));
+        }
+        if self.missing.get(email).await.is_some() {
+            self.metrics.cache_lookup("subscriber", true);
+            return Some(Resolution::Missing);
+        }
+        self.metrics.cache_lookup("subscriber", false);
+        None
+    }
+
+    /// Cached answer, else one look-up by email (cached either way).
+    pub async fn resolve(&self, client: &Client, email: &str) -> Result<Resolution, ApiError> {
+        if let Some(r) = self.cached(email).await {
+            return Ok(r);
+        }
+        match client.find_subscriber_by_email(email).await? {
+            Some(subscriber) => {
+                self.metrics.subscriber_resolved("lookup");
+                Ok(Resolution::Found(self.remember(email, &subscriber).await))
+            }
+            None => {
+                self.missing.insert(email.to_owned(), ()).await;
+                Ok(Resolution::Missing)
+            }
+        }
+    }
+
+    /// Records a subscriber's current state (from a list page or an update's answer).
+    pub async fn remember(&self, email: &str, subscriber: &Subscriber) -> Known {
+        let known = Known {
+            id: subscriber.id.clone(),
+            values: Some(Arc::new(subscriber.values())),
+        };
+        self.missing.invalidate(email).await;
+        self.found.insert(email.to_owned(), known.clone()).await;
+        known
+    }
+
+    /// Forgets an email (its subscriber was deleted, or an update answered 404).
+    pub async fn forget(&self, email: &str) {
+        self.found.invalidate(email).await;
+        self.missing.invalidate(email).await;
+    }
+
+    /// Before a batch: warms the cache by paging the directory when the rule says it is
+    /// cheaper than looking up each email. `sample` is the batch's emails, `backlog` the number
+    /// of emails queued in all (the batch's unresolved share is extrapolated to it).
+    pub async fn prepare(
+        &self,
+        client: &Client,
+        sample: &[String],
+        backlog: u64,
+    ) -> Result<Option<WalkReport>, ApiError> {
+        let mut wanted = HashSet::new();
+        for email in sample {
+            if self.found.get(email).await.is_none() && self.missing.get(email).await.is_none() {
+                wanted.insert(email.to_lowercase());
+            }
+        }
+        if sample.is_empty() || wanted.is_empty() {
+            return Ok(None);
+        }
+        let unresolved = (wanted.len() as u64 * backlog.max(sample.len() as u64)) / sample.len() as u64;
+        let known_pages = match self.directory_pages.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        };
+        if !should_warm(unresolved, known_pages) {
+            return Ok(None);
+        }
+        let report = self.walk(client, &wanted, sample).await?;
+        Ok(Some(report))
+    }
+
+    /// Pages the subscriber list, caching everyone it sees.
+    async fn walk(
+        &self,
+        client: &Client,
+        wanted: &HashSet<String>,
+        sample: &[String],
+    ) -> Result<WalkReport, ApiError> {
+        let mut report = WalkReport::default();
+        let mut remaining = wanted.clone();
+        // ProsperStack's spelling of an email may differ in case from the queue's.
+        let mut by_lowercase: HashMap<String, Known> = HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = client.list_subscribers(cursor.as_deref()).await?;
+            report.pages += 1;
+            self.metrics.directory_page();
+            for subscriber in &page.data {
+                let known = self.remember(&subscriber.email, subscriber).await;
+                let lower = subscriber.email.to_lowercase();
+                if remaining.remove(&lower) {
+                    report.found += 1;
+                    self.metrics.subscriber_resolved("directory");
+                    by_lowercase.insert(lower, known);
+                }
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                report.complete = true;
+                break;
+            }
+            let not_paying = report.pages >= PAGES_BEFORE_JUDGING && report.found < report.pages;
+            if remaining.is_empty() || not_paying {
+                break;
+            }
+        }
+        for email in sample {
+            let lower = email.to_lowercase();
+            if let Some(known) = by_lowercase.get(&lower) {
+                self.found.insert(email.clone(), known.clone()).await;
+            } else if report.complete && remaining.contains(&lower) {
+                // A complete walk is proof: whoever it did not list does not exist yet.
+                self.missing.insert(email.clone(), ()).await;
+            }
+        }
+        if report.complete {
+            self.directory_pages.store(report.pages, Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known directory size: page when more emails are unresolved than pages cost.
+    #[test]
+    fn warm_rule_with_known_size() {
+        assert!(should_warm(51, Some(50)));
+        assert!(!should_warm(50, Some(50)));
+        assert!(should_warm(3, Some(1)));
+    }
+
+    /// Unknown directory size: try once a page's worth is waiting.
+    #[test]
+    fn warm_rule_unknown_size() {
+        assert!(!should_warm(99, None));
+        assert!(should_warm(100, None));
+    }
+}

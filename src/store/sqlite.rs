@@ -100,12 +100,28 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on the
     /// directory so that two relays can never deliver from the same queue.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_with(dir, options, true)
+    }
+
+    /// Opens the store without the directory lock, for administration (dead letters) while
+    /// a relay runs: SQLite serialises the two processes' writes.
+    pub fn open_shared(dir: &Path) -> Result<SqliteStore, StoreError> {
+        if !dir.join("relay.db").exists() {
+            return Err(StoreError::DataDir {
+                path: dir.display().to_string(),
+                reason: "no relay.db here (set RELAY_DATA_DIR or data_dir)".into(),
+            });
+        }
+        Self::open_with(dir, StoreOptions::default(), false)
+    }
+
+    fn open_with(dir: &Path, options: StoreOptions, exclusive: bool) -> Result<SqliteStore, StoreError> {
         let data_dir_error = |reason: String| StoreError::DataDir {
             path: dir.display().to_string(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
-        let lock = lock_dir(dir).map_err(data_dir_error)?;
+        let lock = if exclusive { Some(lock_dir(dir).map_err(data_dir_error)?) } else { None };
         let conn = Connection::open(dir.join("relay.db"))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
@@ -151,7 +167,7 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
 
 /// The writer thread: waits for one request, takes every other waiting one (up to
 /// [`MAX_GROUP`]), runs them in one transaction, commits, then answers them all.
-fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, _lock: File, options: StoreOptions) {
+fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, _lock: Option<File>, options: StoreOptions) {
     while let Ok(first) = ops.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
