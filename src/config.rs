@@ -365,7 +365,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         let message = e.message().to_owned();
         let place = e
             .span()
-            .map(|s| format!(" (at line {})", text[..s.start.min(text.len())].lines().count().max(1)))
+            .map(|s| format!(" (at line {})", text[..s.start.min(text.len())].matches('\n').count() + 1))
             .unwrap_or_default();
         ConfigError::new(&setting, format!("{message}{place}"))
     })
