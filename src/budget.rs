@@ -1,1 +1,432 @@
-//! TODO
+//! Budget: the one rate limiter per API key that every upstream request passes.
+//!
+//! In: `acquire()` before each request to ProsperStack; `observe()` with the `RateLimit-Remaining`
+//! and `RateLimit-Reset` headers of every response; `pause_for()` after a 429.
+//! Out: `acquire()` returns when a request may be sent; `last_remaining()` for metrics and health.
+//! Invariants:
+//! - On its own, the limiter never lets more than `requests` acquisitions into ANY window of
+//!   length `window` (sliding, so fixed windows too): see [`quota_for`] for the arithmetic.
+//! - The server's headers are the truth, because other clients share the key: when it says the
+//!   window is spent, or answers 429, every acquisition waits for the reset.
+//! - Pauses only ever extend (the later of the current and the new end wins).
+//! - Time comes from a [`Clock`], so tests run in simulated time instead of sleeping.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// Margin added to a server-announced reset, so our first request lands after the server's
+/// window has really turned over (clocks and network latency differ by a few milliseconds).
+pub const RESET_MARGIN: Duration = Duration::from_millis(50);
+
+/// Longest pause one header or 429 can impose. ProsperStack's window is a minute; a larger value
+/// is a server bug, and waiting an hour then asking again is safer than stalling forever (or
+/// overflowing an `Instant`).
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
+/// A future returned by [`Clock::sleep_until`].
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Where the budget reads the time and how it waits: a parameter so tests can simulate time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+    fn sleep_until(&self, deadline: Instant) -> Sleep<'_>;
+}
+
+/// Real time through tokio's timer (so a paused tokio clock, where enabled, drives it too).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep<'_> {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+}
+
+/// Simulated time: it stands still until someone sleeps, and a sleep jumps straight to its
+/// deadline. Lets tests and benchmarks run minutes of rate-limited traffic in microseconds.
+#[derive(Debug)]
+pub struct SimulatedClock {
+    origin: Instant,
+    elapsed_nanos: AtomicU64,
+}
+
+impl SimulatedClock {
+    pub fn new() -> SimulatedClock {
+        SimulatedClock {
+            origin: Instant::now(),
+            elapsed_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves time forward by `by` (never backwards).
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Default for SimulatedClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SimulatedClock {
+    fn now(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.elapsed_nanos.load(Ordering::SeqCst))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep<'_> {
+        let target = deadline.saturating_duration_since(self.origin);
+        let nanos = u64::try_from(target.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_nanos.fetch_max(nanos, Ordering::SeqCst);
+        // Yield so that other tasks interleave as they would while really sleeping.
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+/// Adapts our clock to governor's, so the token bucket and the pauses share one time source.
+#[derive(Clone)]
+struct SharedClock(Arc<dyn Clock>);
+
+impl GovernorClock for SharedClock {
+    type Instant = Instant;
+
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<Instant>>;
+
+/// The token bucket's shape for `requests` per `window`: `(burst, replenish period)`.
+///
+/// Governor's GCRA admits at most `burst + floor(L / period)` cells in any closed interval of
+/// length `L` (the burst, then one cell per period). To keep that at or under `requests` for
+/// `L = window`: `burst = max(1, requests / 10)` and `period = window / (requests - burst)`,
+/// rounded UP to the nanosecond so rounding can never add a cell. For 100 per minute that is a
+/// burst of 10 and one request every 666.7 ms: at most 10 + 90 = 100 in any minute.
+/// With `requests = 1` the burst alone is the quota, so the period must be strictly longer than
+/// the window (`window + 1 ns`), else both ends of a closed window could hold a cell.
+/// Degenerate input (0 requests, zero window) is raised to 1 request per 1 ms rather than
+/// panicking; configuration rejects it before it gets here.
+pub fn quota_for(requests: u32, window: Duration) -> (u32, Duration) {
+    let requests = requests.max(1);
+    let window = window.max(Duration::from_millis(1));
+    let burst = (requests / 10).max(1);
+    let spaced = requests - burst;
+    if spaced == 0 {
+        return (burst, window + Duration::from_nanos(1));
+    }
+    let window_nanos = window.as_nanos();
+    let period_nanos = window_nanos.div_ceil(u128::from(spaced));
+    let period = Duration::from_nanos(u64::try_from(period_nanos).unwrap_or(u64::MAX));
+    (burst, period)
+}
+
+#[derive(Default)]
+struct ServerView {
+    paused_until: Option<Instant>,
+    last_remaining: Option<u32>,
+}
+
+/// One limiter per API key shared by every upstream request; share it as `Arc<Budget>`.
+pub struct Budget {
+    requests: u32,
+    window: Duration,
+    clock: Arc<dyn Clock>,
+    limiter: Limiter,
+    server: Mutex<ServerView>,
+}
+
+impl Budget {
+    /// `requests` per `window` in real time (see [`quota_for`] for how bursts are bounded).
+    pub fn new(requests: u32, window: Duration) -> Budget {
+        Budget::with_clock(requests, window, Arc::new(TokioClock))
+    }
+
+    /// As [`Budget::new`], with the time source supplied (tests pass a [`SimulatedClock`]).
+    pub fn with_clock(requests: u32, window: Duration, clock: Arc<dyn Clock>) -> Budget {
+        let (burst, period) = quota_for(requests, window);
+        // quota_for never returns a zero period or burst, so these fallbacks are never taken.
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Budget {
+            requests,
+            window,
+            limiter: RateLimiter::direct_with_clock(quota, SharedClock(clock.clone())),
+            clock,
+            server: Mutex::new(ServerView::default()),
+        }
+    }
+
+    /// Waits until a request may be sent: first any pause imposed by the server, then a token.
+    pub async fn acquire(&self) {
+        loop {
+            // Checked again after every sleep: a 429 seen by another task may have paused us.
+            if let Some(until) = self.paused_until() {
+                self.clock.sleep_until(until).await;
+                continue;
+            }
+            match self.limiter.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let deadline = not_until.earliest_possible();
+                    self.clock.sleep_until(deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Feed it `RateLimit-Remaining` / `RateLimit-Reset` from every response. When the server
+    /// says the window is spent, every acquisition waits for the reset (plus [`RESET_MARGIN`]);
+    /// without a reset, for a whole window.
+    pub fn observe(&self, remaining: Option<u32>, reset: Option<Duration>) {
+        let mut view = self.view();
+        if remaining.is_some() {
+            view.last_remaining = remaining;
+        }
+        if remaining == Some(0) {
+            let wait = reset.unwrap_or(self.window) + RESET_MARGIN;
+            self.extend_pause(&mut view, wait);
+        }
+    }
+
+    /// After a 429: pause all acquisitions for `wait` (never shortening a longer pause).
+    pub fn pause_for(&self, wait: Duration) {
+        let mut view = self.view();
+        self.extend_pause(&mut view, wait);
+    }
+
+    /// The last `RateLimit-Remaining` the server reported, if any.
+    pub fn last_remaining(&self) -> Option<u32> {
+        self.view().last_remaining
+    }
+
+    /// The configured limit: `requests` per `window`.
+    pub fn limit(&self) -> (u32, Duration) {
+        (self.requests, self.window)
+    }
+
+    fn extend_pause(&self, view: &mut ServerView, wait: Duration) {
+        let wait = wait.min(MAX_PAUSE);
+        let until = self.clock.now() + wait;
+        tracing::debug!(wait_ms = wait.as_millis() as u64, "upstream budget paused");
+        view.paused_until = Some(
+            view.paused_until
+                .map_or(until, |current| current.max(until)),
+        );
+    }
+
+    /// The end of the current pause, if it is still in the future.
+    fn paused_until(&self) -> Option<Instant> {
+        let now = self.clock.now();
+        self.view().paused_until.filter(|until| *until > now)
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, ServerView> {
+        // The guarded data is two plain values, valid even if a holder panicked.
+        self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simulated(requests: u32, window: Duration) -> (Arc<SimulatedClock>, Budget) {
+        let clock = Arc::new(SimulatedClock::new());
+        let budget = Budget::with_clock(requests, window, clock.clone());
+        (clock, budget)
+    }
+
+    /// The largest number of instants that fit in one closed window of length `window`.
+    fn max_in_any_window(mut times: Vec<Instant>, window: Duration) -> usize {
+        times.sort();
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(times[i]) <= window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The quota arithmetic admits at most `requests` per window for every size of limit.
+    #[test]
+    fn quota_never_exceeds_the_limit_in_a_window() {
+        for requests in 1..=1000u32 {
+            for window in [Duration::from_millis(500), Duration::from_secs(60)] {
+                let (burst, period) = quota_for(requests, window);
+                let admitted = u128::from(burst) + window.as_nanos() / period.as_nanos();
+                assert!(
+                    admitted <= u128::from(requests),
+                    "{requests} per {window:?}"
+                );
+                assert!(burst >= 1);
+            }
+        }
+    }
+
+    /// Concrete quotas: 100/min is a burst of 10 then one per 666.7 ms; 1/s waits just over 1 s.
+    #[test]
+    fn quota_table() {
+        let cases = [
+            (100, 60_000, 10, Duration::from_nanos(666_666_667)),
+            (10, 1_000, 1, Duration::from_nanos(111_111_112)),
+            (2, 1_000, 1, Duration::from_secs(1)),
+            (1, 1_000, 1, Duration::from_nanos(1_000_000_001)),
+            (0, 1_000, 1, Duration::from_nanos(1_000_000_001)),
+        ];
+        for (requests, window_ms, burst, period) in cases {
+            let got = quota_for(requests, Duration::from_millis(window_ms));
+            assert_eq!(got, (burst, period), "{requests} per {window_ms} ms");
+        }
+    }
+
+    /// Over 3 simulated seconds at 10/s, no 1-second sliding window sees more than 10, and the
+    /// limiter still lets traffic flow (it does not just block).
+    #[tokio::test]
+    async fn no_sliding_window_sees_more_than_the_limit() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        let start = clock.now();
+        let mut times = Vec::new();
+        while clock.now().duration_since(start) < Duration::from_secs(3) {
+            budget.acquire().await;
+            times.push(clock.now());
+        }
+        assert!(times.len() >= 25, "only {} acquisitions", times.len());
+        assert!(max_in_any_window(times, Duration::from_secs(1)) <= 10);
+    }
+
+    /// Several tasks sharing one budget still stay within the limit together.
+    #[tokio::test]
+    async fn concurrent_acquirers_share_the_limit() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        let budget = Arc::new(budget);
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let start = clock.now();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (clock, budget, times) = (clock.clone(), budget.clone(), times.clone());
+                tokio::spawn(async move {
+                    while clock.now().duration_since(start) < Duration::from_secs(3) {
+                        budget.acquire().await;
+                        // No await between the token and this read: the instant is exact.
+                        times
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(clock.now());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task panicked");
+        }
+        let times = times.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert!(max_in_any_window(times, Duration::from_secs(1)) <= 10);
+    }
+
+    /// A spent window reported by the server delays the next acquisition until the reset.
+    #[tokio::test]
+    async fn observe_zero_remaining_waits_for_the_reset() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        budget.observe(Some(0), Some(Duration::from_secs(1)));
+        let start = clock.now();
+        budget.acquire().await;
+        let waited = clock.now().duration_since(start);
+        assert!(waited >= Duration::from_secs(1), "waited {waited:?}");
+        assert!(waited <= Duration::from_millis(1100), "waited {waited:?}");
+        assert_eq!(budget.last_remaining(), Some(0));
+    }
+
+    /// Remaining requests left in the window impose no wait, and a response without the header
+    /// keeps the last reported value.
+    #[tokio::test]
+    async fn observe_nonzero_remaining_does_not_pause() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        budget.observe(Some(7), Some(Duration::from_secs(30)));
+        budget.observe(None, None);
+        let start = clock.now();
+        budget.acquire().await;
+        assert_eq!(clock.now(), start);
+        assert_eq!(budget.last_remaining(), Some(7));
+    }
+
+    /// A spent window without a reset header waits a whole window.
+    #[tokio::test]
+    async fn observe_without_reset_waits_a_window() {
+        let (clock, budget) = simulated(10, Duration::from_secs(2));
+        budget.observe(Some(0), None);
+        let start = clock.now();
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) >= Duration::from_secs(2));
+    }
+
+    /// A shorter pause never cuts a longer one short; a longer one extends it.
+    #[tokio::test]
+    async fn pause_for_extends_but_never_shortens() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        budget.pause_for(Duration::from_secs(2));
+        budget.pause_for(Duration::from_secs(1));
+        let start = clock.now();
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) >= Duration::from_secs(2));
+
+        budget.pause_for(Duration::from_secs(1));
+        budget.pause_for(Duration::from_secs(3));
+        let start = clock.now();
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) >= Duration::from_secs(3));
+    }
+
+    /// An absurd server delay is capped, so it can neither stall the relay forever nor panic.
+    #[tokio::test]
+    async fn huge_pauses_are_capped() {
+        let (clock, budget) = simulated(10, Duration::from_secs(1));
+        budget.pause_for(Duration::from_secs(u64::MAX / 2));
+        let start = clock.now();
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) <= MAX_PAUSE);
+    }
+
+    /// One request per window: the second waits more than a full window.
+    #[tokio::test]
+    async fn one_request_per_window() {
+        let (clock, budget) = simulated(1, Duration::from_secs(1));
+        budget.acquire().await;
+        let first = clock.now();
+        budget.acquire().await;
+        assert!(clock.now().duration_since(first) > Duration::from_secs(1));
+        assert_eq!(budget.limit(), (1, Duration::from_secs(1)));
+    }
+
+    /// The real clock really waits: 10 acquisitions at 5 per 200 ms (one per 50 ms after a burst
+    /// of 1) take at least 450 ms. A lower bound on elapsed time, which a slow machine can't break.
+    #[tokio::test]
+    async fn real_clock_really_waits() {
+        let budget = Budget::new(5, Duration::from_millis(200));
+        let start = Instant::now();
+        for _ in 0..10 {
+            budget.acquire().await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(450));
+    }
+}
