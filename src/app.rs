@@ -60,7 +60,10 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let store = open_store(&settings)?;
     let metrics = Arc::new(Metrics::new());
-    let budget = Arc::new(Budget::new(settings.rate_limit_requests, settings.rate_limit_window));
+    let budget = Arc::new(Budget::new(
+        settings.rate_limit_requests,
+        settings.rate_limit_window,
+    ));
     let client = Client::new(
         settings.api_url.clone(),
         settings.api_key.clone(),
@@ -70,7 +73,13 @@ pub async fn run(
     )?;
     let wake = Arc::new(Notify::new());
     let draining = Arc::new(AtomicBool::new(false));
-    let delivery = Arc::new(delivery_for(&settings, store.clone(), client, metrics.clone(), wake.clone()));
+    let delivery = Arc::new(delivery_for(
+        &settings,
+        store.clone(),
+        client,
+        metrics.clone(),
+        wake.clone(),
+    ));
 
     let stop_workers = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.run(stop_workers.clone()));
@@ -90,7 +99,10 @@ pub async fn run(
         wake,
         draining: draining.clone(),
     };
-    let health_state = HealthState { store: store.clone(), draining: draining.clone() };
+    let health_state = HealthState {
+        store: store.clone(),
+        draining: draining.clone(),
+    };
     let mut router = ingest::router(ingest_state).merge(health::router(health_state));
     let stop_http = CancellationToken::new();
     let mut servers = Vec::new();
@@ -98,15 +110,26 @@ pub async fn run(
         Some(addr) => {
             let metrics_listener = TcpListener::bind(addr).await?;
             tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
-            servers.push(spawn_server(metrics_listener, health::metrics_router(metrics.clone()), &stop_http));
+            servers.push(spawn_server(
+                metrics_listener,
+                health::metrics_router(metrics.clone()),
+                &stop_http,
+            ));
         }
         None => router = router.merge(health::metrics_router(metrics.clone())),
     }
     tracing::info!(address = %listener.local_addr()?, upstream = %settings.api_url, "relay listening");
-    servers.push(spawn_server(listener, router.layer(crate::telemetry::request_layer()), &stop_http));
+    servers.push(spawn_server(
+        listener,
+        router.layer(crate::telemetry::request_layer()),
+        &stop_http,
+    ));
 
     shutdown.await;
-    tracing::info!(deadline_secs = settings.drain_deadline.as_secs_f64(), "shutting down: draining");
+    tracing::info!(
+        deadline_secs = settings.drain_deadline.as_secs_f64(),
+        "shutting down: draining"
+    );
     draining.store(true, Ordering::SeqCst);
     stop_workers.cancel();
     drain(delivery_task, settings.drain_deadline).await;
@@ -156,7 +179,11 @@ pub fn delivery_for(
     Delivery {
         store,
         client,
-        resolver: Resolver::new(settings.subscriber_cache_ttl, settings.negative_cache_ttl, metrics.clone()),
+        resolver: Resolver::new(
+            settings.subscriber_cache_ttl,
+            settings.negative_cache_ttl,
+            metrics.clone(),
+        ),
         catalogue: CatalogueCache::new(settings.catalogue_refresh),
         rules: Rules {
             trait_mappings: settings.trait_mappings.clone(),

@@ -18,7 +18,11 @@ use crate::sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 use crate::store::{now_ms, DeadLetter, SqliteStore, Store};
 
 #[derive(Debug, Parser)]
-#[command(name = "prosperstack-relay", version, about = "Segment Identify calls in, ProsperStack subscriber properties out")]
+#[command(
+    name = "prosperstack-relay",
+    version,
+    about = "Segment Identify calls in, ProsperStack subscriber properties out"
+)]
 pub struct Cli {
     /// TOML configuration file; environment variables override it.
     #[arg(long, global = true, env = "RELAY_CONFIG")]
@@ -104,7 +108,12 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => sandbox(args).await,
         Command::CheckConfig => match load(cli.config.as_deref(), &config::process_env) {
             Ok(s) => {
-                println!("configuration is valid (upstream {}, listen {}, data {})", s.api_url, s.listen, s.data_dir.display());
+                println!(
+                    "configuration is valid (upstream {}, listen {}, data {})",
+                    s.api_url,
+                    s.listen,
+                    s.data_dir.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => config_failure(&e),
@@ -132,7 +141,11 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
                 "PROSPERSTACK_API_URL" => return Some(sandbox_url.clone()),
                 "PROSPERSTACK_API_KEY" => return Some(SANDBOX_API_KEY.to_owned()),
                 "PROSPERSTACK_API_KEY_FILE" => return None,
-                "RELAY_DATA_DIR" => return Some(config::process_env(name).unwrap_or_else(|| "./data/sandbox".into())),
+                "RELAY_DATA_DIR" => {
+                    return Some(
+                        config::process_env(name).unwrap_or_else(|| "./data/sandbox".into()),
+                    )
+                }
                 _ => {}
             }
         }
@@ -145,8 +158,16 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     crate::telemetry::init(settings.log_format);
     let shutdown = tokio_util::sync::CancellationToken::new();
     if args.sandbox {
-        match start_sandbox(args.sandbox_listen, SandboxConfig::default(), shutdown.clone()).await {
-            Ok(addr) => tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, state = %format!("http://{addr}/_sandbox/state"), "ProsperStack sandbox listening"),
+        match start_sandbox(
+            args.sandbox_listen,
+            SandboxConfig::default(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(addr) => {
+                tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, state = %format!("http://{addr}/_sandbox/state"), "ProsperStack sandbox listening")
+            }
             Err(e) => {
                 tracing::error!(address = %args.sandbox_listen, error = %e, "cannot start the sandbox");
                 return ExitCode::FAILURE;
@@ -175,7 +196,11 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn start_sandbox(addr: SocketAddr, config: SandboxConfig, stop: tokio_util::sync::CancellationToken) -> std::io::Result<SocketAddr> {
+async fn start_sandbox(
+    addr: SocketAddr,
+    config: SandboxConfig,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let sandbox = Sandbox::new(config);
@@ -189,7 +214,9 @@ async fn start_sandbox(addr: SocketAddr, config: SandboxConfig, stop: tokio_util
 
 async fn sandbox(args: SandboxArgs) -> ExitCode {
     crate::telemetry::init(crate::config::LogFormat::Text);
-    if !(args.rate_limit_window_secs.is_finite() && args.rate_limit_window_secs > 0.0) || args.rate_limit_requests == 0 {
+    if !(args.rate_limit_window_secs.is_finite() && args.rate_limit_window_secs > 0.0)
+        || args.rate_limit_requests == 0
+    {
         eprintln!("--rate-limit-requests and --rate-limit-window-secs must be more than 0");
         return ExitCode::from(2);
     }
@@ -201,7 +228,9 @@ async fn sandbox(args: SandboxArgs) -> ExitCode {
     };
     let stop = tokio_util::sync::CancellationToken::new();
     match start_sandbox(args.listen, config, stop.clone()).await {
-        Ok(addr) => tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, "ProsperStack sandbox listening"),
+        Ok(addr) => {
+            tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, "ProsperStack sandbox listening")
+        }
         Err(e) => {
             eprintln!("cannot listen on {}: {e}", args.listen);
             return ExitCode::FAILURE;
@@ -216,10 +245,11 @@ async fn sandbox(args: SandboxArgs) -> ExitCode {
 pub async fn termination_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -244,7 +274,10 @@ async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     let url = args
         .url
         .unwrap_or_else(|| default_health_url(config::process_env("RELAY_LISTEN").as_deref()));
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("unhealthy: {e}");
@@ -278,14 +311,23 @@ async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> E
         }
     };
     let result = match cmd {
-        DeadLetterCommand::List { json } => store.dead_letters().await.map(|letters| print_dead_letters(&letters, json)),
+        DeadLetterCommand::List { json } => store
+            .dead_letters()
+            .await
+            .map(|letters| print_dead_letters(&letters, json)),
         DeadLetterCommand::Replay { ids, all } => {
             let chosen = if all { None } else { Some(ids) };
-            store.replay_dead_letters(chosen, now_ms()).await.map(|n| println!("replayed {n} dead letter(s); their events are queued again"))
+            store
+                .replay_dead_letters(chosen, now_ms())
+                .await
+                .map(|n| println!("replayed {n} dead letter(s); their events are queued again"))
         }
         DeadLetterCommand::Purge { older_than } => {
             let before = now_ms() - older_than.as_millis() as i64;
-            store.purge_dead_letters(before).await.map(|n| println!("purged {n} dead letter(s)"))
+            store
+                .purge_dead_letters(before)
+                .await
+                .map(|n| println!("purged {n} dead letter(s)"))
         }
     };
     match result {
@@ -311,20 +353,42 @@ fn data_dir(config_file: Option<&std::path::Path>) -> PathBuf {
 
 fn print_dead_letters(letters: &[DeadLetter], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(letters).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(letters).unwrap_or_default()
+        );
         return;
     }
     if letters.is_empty() {
         println!("no dead letters");
         return;
     }
-    println!("{:>6}  {:<20}  {:<32}  {:>8}  {:>6}  reason", "id", "created (UTC)", "email", "attempts", "events");
+    println!(
+        "{:>6}  {:<20}  {:<32}  {:>8}  {:>6}  reason",
+        "id", "created (UTC)", "email", "attempts", "events"
+    );
     for d in letters {
         let created = chrono::DateTime::from_timestamp_millis(d.created_ms)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
-        let props = if d.properties.is_empty() { String::new() } else { format!(" [{}]", d.properties.keys().cloned().collect::<Vec<_>>().join(", ")) };
-        println!("{:>6}  {:<20}  {:<32}  {:>8}  {:>6}  {}{}", d.id, created, d.email, d.attempts, d.events.len(), d.reason, props);
+        let props = if d.properties.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [{}]",
+                d.properties.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        println!(
+            "{:>6}  {:<20}  {:<32}  {:>8}  {:>6}  {}{}",
+            d.id,
+            created,
+            d.email,
+            d.attempts,
+            d.events.len(),
+            d.reason,
+            props
+        );
     }
 }
 
@@ -336,9 +400,18 @@ mod tests {
     #[test]
     fn health_url_from_listen() {
         assert_eq!(default_health_url(None), "http://127.0.0.1:8080/healthz");
-        assert_eq!(default_health_url(Some("0.0.0.0:9000")), "http://127.0.0.1:9000/healthz");
-        assert_eq!(default_health_url(Some("10.1.2.3:80")), "http://10.1.2.3:80/healthz");
-        assert_eq!(default_health_url(Some("[::]:8080")), "http://[::1]:8080/healthz");
+        assert_eq!(
+            default_health_url(Some("0.0.0.0:9000")),
+            "http://127.0.0.1:9000/healthz"
+        );
+        assert_eq!(
+            default_health_url(Some("10.1.2.3:80")),
+            "http://10.1.2.3:80/healthz"
+        );
+        assert_eq!(
+            default_health_url(Some("[::]:8080")),
+            "http://[::1]:8080/healthz"
+        );
     }
 
     /// The command line parses the documented forms.
@@ -346,9 +419,13 @@ mod tests {
     fn parses_commands() {
         assert!(Cli::try_parse_from(["p", "serve", "--sandbox"]).is_ok());
         assert!(Cli::try_parse_from(["p", "dead-letters", "replay", "--all"]).is_ok());
-        assert!(Cli::try_parse_from(["p", "dead-letters", "replay", "--id", "3", "--id", "4"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["p", "dead-letters", "replay", "--id", "3", "--id", "4"]).is_ok()
+        );
         assert!(Cli::try_parse_from(["p", "dead-letters", "replay"]).is_err());
         assert!(Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "30d"]).is_ok());
-        assert!(Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "soon"]).is_err());
+        assert!(
+            Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "soon"]).is_err()
+        );
     }
 }

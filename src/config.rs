@@ -177,9 +177,8 @@ impl Lookup<'_> {
         if with_file_variant {
             let file_var = format!("{env_name}_FILE");
             if let Some(path) = (self.env)(&file_var) {
-                let content = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(&file_var, format!("cannot read {path}: {e}"))
-                })?;
+                let content = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::new(&file_var, format!("cannot read {path}: {e}")))?;
                 return Ok(Some(content.trim_end_matches(['\r', '\n']).to_owned()));
             }
         }
@@ -191,15 +190,28 @@ fn setting_name(key: &str, env: &str) -> String {
     format!("{key} ({env})")
 }
 
-fn parse_duration(name: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+fn parse_duration(
+    name: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| ConfigError::new(name, format!("{t:?} is not a duration like 20s, 5m, 24h, 7d ({e})"))),
+        Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            ConfigError::new(
+                name,
+                format!("{t:?} is not a duration like 20s, 5m, 24h, 7d ({e})"),
+            )
+        }),
     }
 }
 
-fn parse_from_str<T: std::str::FromStr>(name: &str, text: Option<String>, default: T, what: &str) -> Result<T, ConfigError>
+fn parse_from_str<T: std::str::FromStr>(
+    name: &str,
+    text: Option<String>,
+    default: T,
+    what: &str,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
@@ -217,7 +229,10 @@ fn parse_bool(name: &str, text: Option<String>, default: bool) -> Result<bool, C
         None => Ok(default),
         Some(t) if ["true", "1", "yes", "on"].contains(&t.as_str()) => Ok(true),
         Some(t) if ["false", "0", "no", "off"].contains(&t.as_str()) => Ok(false),
-        Some(t) => Err(ConfigError::new(name, format!("{t:?} is not true or false"))),
+        Some(t) => Err(ConfigError::new(
+            name,
+            format!("{t:?} is not true or false"),
+        )),
     }
 }
 
@@ -241,8 +256,14 @@ impl Settings {
         let name = setting_name("prosperstack.api_key", "PROSPERSTACK_API_KEY");
         let api_key_text = l
             .text("PROSPERSTACK_API_KEY", ps.api_key, true)?
-            .ok_or_else(|| ConfigError::new(&name, "required (a ProsperStack API key, key_… or key_test_…)"))?;
-        let api_key = ApiKey::parse(api_key_text.trim()).map_err(|e| ConfigError::new(&name, e.to_string()))?;
+            .ok_or_else(|| {
+                ConfigError::new(
+                    &name,
+                    "required (a ProsperStack API key, key_… or key_test_…)",
+                )
+            })?;
+        let api_key = ApiKey::parse(api_key_text.trim())
+            .map_err(|e| ConfigError::new(&name, e.to_string()))?;
 
         let name = setting_name("prosperstack.api_url", "PROSPERSTACK_API_URL");
         let api_url = l
@@ -251,49 +272,133 @@ impl Settings {
         let api_url = parse_url(&name, &api_url)?;
 
         let name = setting_name("listen", "RELAY_LISTEN");
-        let listen = parse_from_str(&name, l.text("RELAY_LISTEN", f.listen, false)?, SocketAddr::from(([0, 0, 0, 0], 8080)), "an address like 0.0.0.0:8080")?;
+        let listen = parse_from_str(
+            &name,
+            l.text("RELAY_LISTEN", f.listen, false)?,
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+            "an address like 0.0.0.0:8080",
+        )?;
         let name = setting_name("metrics_listen", "RELAY_METRICS_LISTEN");
         let metrics_listen = match l.text("RELAY_METRICS_LISTEN", f.metrics_listen, false)? {
             None => None,
-            Some(t) => Some(parse_from_str(&name, Some(t), SocketAddr::from(([0, 0, 0, 0], 0)), "an address like 0.0.0.0:9090")?),
+            Some(t) => Some(parse_from_str(
+                &name,
+                Some(t),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                "an address like 0.0.0.0:9090",
+            )?),
         };
-        let data_dir = PathBuf::from(l.text("RELAY_DATA_DIR", f.data_dir, false)?.unwrap_or_else(|| "./data".into()));
+        let data_dir = PathBuf::from(
+            l.text("RELAY_DATA_DIR", f.data_dir, false)?
+                .unwrap_or_else(|| "./data".into()),
+        );
         let name = setting_name("log_format", "RELAY_LOG_FORMAT");
-        let log_format = match l.text("RELAY_LOG_FORMAT", f.log_format, false)?.as_deref().map(str::trim) {
+        let log_format = match l
+            .text("RELAY_LOG_FORMAT", f.log_format, false)?
+            .as_deref()
+            .map(str::trim)
+        {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::new(&name, format!("{other:?} is not json or text"))),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    &name,
+                    format!("{other:?} is not json or text"),
+                ))
+            }
         };
 
-        let shared_secret = l.text("SEGMENT_SHARED_SECRET", seg.shared_secret, true)?.filter(|s| !s.is_empty()).map(Secret);
-        let ingest_token = l.text("RELAY_INGEST_TOKEN", seg.ingest_token, true)?.filter(|s| !s.is_empty()).map(Secret);
+        let shared_secret = l
+            .text("SEGMENT_SHARED_SECRET", seg.shared_secret, true)?
+            .filter(|s| !s.is_empty())
+            .map(Secret);
+        let ingest_token = l
+            .text("RELAY_INGEST_TOKEN", seg.ingest_token, true)?
+            .filter(|s| !s.is_empty())
+            .map(Secret);
         let name = setting_name("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES");
-        let max_body_bytes = parse_from_str(&name, l.text("RELAY_MAX_BODY_BYTES", seg.max_body_bytes.map(|n| n.to_string()), false)?, 5 * 1024 * 1024, "a number of bytes")?;
+        let max_body_bytes = parse_from_str(
+            &name,
+            l.text(
+                "RELAY_MAX_BODY_BYTES",
+                seg.max_body_bytes.map(|n| n.to_string()),
+                false,
+            )?,
+            5 * 1024 * 1024,
+            "a number of bytes",
+        )?;
         if max_body_bytes < 1024 {
             return Err(ConfigError::new(&name, "must be at least 1024"));
         }
 
-        let name = setting_name("prosperstack.rate_limit_requests", "PROSPERSTACK_RATE_LIMIT_REQUESTS");
-        let rate_limit_requests: u32 = parse_from_str(&name, l.text("PROSPERSTACK_RATE_LIMIT_REQUESTS", ps.rate_limit_requests.map(|n| n.to_string()), false)?, 100, "a whole number")?;
+        let name = setting_name(
+            "prosperstack.rate_limit_requests",
+            "PROSPERSTACK_RATE_LIMIT_REQUESTS",
+        );
+        let rate_limit_requests: u32 = parse_from_str(
+            &name,
+            l.text(
+                "PROSPERSTACK_RATE_LIMIT_REQUESTS",
+                ps.rate_limit_requests.map(|n| n.to_string()),
+                false,
+            )?,
+            100,
+            "a whole number",
+        )?;
         if rate_limit_requests == 0 {
             return Err(ConfigError::new(&name, "must be at least 1"));
         }
-        let name = setting_name("prosperstack.rate_limit_window_secs", "PROSPERSTACK_RATE_LIMIT_WINDOW_SECS");
-        let window_text = l.text("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", ps.rate_limit_window_secs.map(|n| n.to_string()), false)?;
+        let name = setting_name(
+            "prosperstack.rate_limit_window_secs",
+            "PROSPERSTACK_RATE_LIMIT_WINDOW_SECS",
+        );
+        let window_text = l.text(
+            "PROSPERSTACK_RATE_LIMIT_WINDOW_SECS",
+            ps.rate_limit_window_secs.map(|n| n.to_string()),
+            false,
+        )?;
         let window_secs: f64 = parse_from_str(&name, window_text, 60.0, "a number of seconds")?;
         if !(window_secs.is_finite() && window_secs > 0.0) {
             return Err(ConfigError::new(&name, "must be more than 0"));
         }
         let rate_limit_window = Duration::from_secs_f64(window_secs);
         let request_timeout = parse_duration(
-            &setting_name("prosperstack.request_timeout", "PROSPERSTACK_REQUEST_TIMEOUT"),
+            &setting_name(
+                "prosperstack.request_timeout",
+                "PROSPERSTACK_REQUEST_TIMEOUT",
+            ),
             l.text("PROSPERSTACK_REQUEST_TIMEOUT", ps.request_timeout, false)?,
             Duration::from_secs(10),
         )?;
 
-        let snake_case_match = parse_bool(&setting_name("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH"), l.text("RELAY_SNAKE_CASE_MATCH", map.snake_case_match.map(|b| b.to_string()), false)?, true)?;
-        let create_audience_properties = parse_bool(&setting_name("mapping.create_audience_properties", "RELAY_CREATE_AUDIENCE_PROPERTIES"), l.text("RELAY_CREATE_AUDIENCE_PROPERTIES", map.create_audience_properties.map(|b| b.to_string()), false)?, false)?;
-        let catalogue_refresh = duration_setting(&l, "mapping.catalogue_refresh", "RELAY_CATALOGUE_REFRESH", map.catalogue_refresh, 300)?;
+        let snake_case_match = parse_bool(
+            &setting_name("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH"),
+            l.text(
+                "RELAY_SNAKE_CASE_MATCH",
+                map.snake_case_match.map(|b| b.to_string()),
+                false,
+            )?,
+            true,
+        )?;
+        let create_audience_properties = parse_bool(
+            &setting_name(
+                "mapping.create_audience_properties",
+                "RELAY_CREATE_AUDIENCE_PROPERTIES",
+            ),
+            l.text(
+                "RELAY_CREATE_AUDIENCE_PROPERTIES",
+                map.create_audience_properties.map(|b| b.to_string()),
+                false,
+            )?,
+            false,
+        )?;
+        let catalogue_refresh = duration_setting(
+            &l,
+            "mapping.catalogue_refresh",
+            "RELAY_CATALOGUE_REFRESH",
+            map.catalogue_refresh,
+            300,
+        )?;
 
         let settings = Settings {
             api_key,
@@ -311,16 +416,68 @@ impl Settings {
             snake_case_match,
             create_audience_properties,
             trait_mappings: f.trait_mappings,
-            subscriber_wait: duration_setting(&l, "delivery.subscriber_wait", "RELAY_SUBSCRIBER_WAIT", del.subscriber_wait, 24 * 3600)?,
-            waiting_retry_min: duration_setting(&l, "delivery.waiting_retry_min", "RELAY_WAITING_RETRY_MIN", del.waiting_retry_min, 60)?,
-            waiting_retry_max: duration_setting(&l, "delivery.waiting_retry_max", "RELAY_WAITING_RETRY_MAX", del.waiting_retry_max, 3600)?,
-            retry_window: duration_setting(&l, "delivery.retry_window", "RELAY_RETRY_WINDOW", del.retry_window, 24 * 3600)?,
-            dedupe_retention: duration_setting(&l, "delivery.dedupe_retention", "RELAY_DEDUPE_RETENTION", del.dedupe_retention, 7 * 24 * 3600)?,
-            drain_deadline: duration_setting(&l, "delivery.drain_deadline", "RELAY_DRAIN_DEADLINE", del.drain_deadline, 20)?,
-            coalesce_delay: parse_duration(&setting_name("delivery.coalesce_delay", "RELAY_COALESCE_DELAY"), l.text("RELAY_COALESCE_DELAY", del.coalesce_delay, false)?, Duration::from_millis(500))?,
+            subscriber_wait: duration_setting(
+                &l,
+                "delivery.subscriber_wait",
+                "RELAY_SUBSCRIBER_WAIT",
+                del.subscriber_wait,
+                24 * 3600,
+            )?,
+            waiting_retry_min: duration_setting(
+                &l,
+                "delivery.waiting_retry_min",
+                "RELAY_WAITING_RETRY_MIN",
+                del.waiting_retry_min,
+                60,
+            )?,
+            waiting_retry_max: duration_setting(
+                &l,
+                "delivery.waiting_retry_max",
+                "RELAY_WAITING_RETRY_MAX",
+                del.waiting_retry_max,
+                3600,
+            )?,
+            retry_window: duration_setting(
+                &l,
+                "delivery.retry_window",
+                "RELAY_RETRY_WINDOW",
+                del.retry_window,
+                24 * 3600,
+            )?,
+            dedupe_retention: duration_setting(
+                &l,
+                "delivery.dedupe_retention",
+                "RELAY_DEDUPE_RETENTION",
+                del.dedupe_retention,
+                7 * 24 * 3600,
+            )?,
+            drain_deadline: duration_setting(
+                &l,
+                "delivery.drain_deadline",
+                "RELAY_DRAIN_DEADLINE",
+                del.drain_deadline,
+                20,
+            )?,
+            coalesce_delay: parse_duration(
+                &setting_name("delivery.coalesce_delay", "RELAY_COALESCE_DELAY"),
+                l.text("RELAY_COALESCE_DELAY", del.coalesce_delay, false)?,
+                Duration::from_millis(500),
+            )?,
             catalogue_refresh,
-            subscriber_cache_ttl: duration_setting(&l, "delivery.subscriber_cache_ttl", "RELAY_SUBSCRIBER_CACHE_TTL", del.subscriber_cache_ttl, 3600)?,
-            negative_cache_ttl: duration_setting(&l, "delivery.negative_cache_ttl", "RELAY_NEGATIVE_CACHE_TTL", del.negative_cache_ttl, 60)?,
+            subscriber_cache_ttl: duration_setting(
+                &l,
+                "delivery.subscriber_cache_ttl",
+                "RELAY_SUBSCRIBER_CACHE_TTL",
+                del.subscriber_cache_ttl,
+                3600,
+            )?,
+            negative_cache_ttl: duration_setting(
+                &l,
+                "delivery.negative_cache_ttl",
+                "RELAY_NEGATIVE_CACHE_TTL",
+                del.negative_cache_ttl,
+                60,
+            )?,
         };
         settings.check_trait_mappings()?;
         Ok(settings)
@@ -345,27 +502,47 @@ impl Settings {
     }
 }
 
-fn duration_setting(l: &Lookup<'_>, key: &str, env: &str, file: Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
-    parse_duration(&setting_name(key, env), l.text(env, file, false)?, Duration::from_secs(default_secs))
+fn duration_setting(
+    l: &Lookup<'_>,
+    key: &str,
+    env: &str,
+    file: Option<String>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
+    parse_duration(
+        &setting_name(key, env),
+        l.text(env, file, false)?,
+        Duration::from_secs(default_secs),
+    )
 }
 
 fn parse_url(name: &str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text.trim()).map_err(|e| ConfigError::new(name, format!("{text:?} is not a URL ({e})")))?;
+    let url = Url::parse(text.trim())
+        .map_err(|e| ConfigError::new(name, format!("{text:?} is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::new(name, format!("{text:?} must be an http or https URL with a host")));
+        return Err(ConfigError::new(
+            name,
+            format!("{text:?} must be an http or https URL with a host"),
+        ));
     }
     Ok(url)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let setting = format!("config file {} (--config / RELAY_CONFIG)", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&setting, e.to_string()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(&setting, e.to_string()))?;
     toml::from_str(&text).map_err(|e| {
         // toml's message spans several lines with a caret diagram; one line is what start-up prints.
         let message = e.message().to_owned();
         let place = e
             .span()
-            .map(|s| format!(" (at line {})", text[..s.start.min(text.len())].matches('\n').count() + 1))
+            .map(|s| {
+                format!(
+                    " (at line {})",
+                    text[..s.start.min(text.len())].matches('\n').count() + 1
+                )
+            })
             .unwrap_or_default();
         ConfigError::new(&setting, format!("{message}{place}"))
     })

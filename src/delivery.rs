@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::mapping::{self, CatalogueCache, Catalogue, Plan, Rules};
+use crate::mapping::{self, Catalogue, CatalogueCache, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
@@ -112,8 +112,17 @@ impl Delivery {
         let catalogue = self.catalogue.get(&self.client).await?;
         let emails: Vec<String> = jobs.iter().map(|j| j.email.clone()).collect();
         let backlog = self.store.stats().await?.subscribers;
-        if let Some(walk) = self.resolver.prepare(&self.client, &emails, backlog).await? {
-            tracing::info!(pages = walk.pages, found = walk.found, complete = walk.complete, "walked the subscriber directory");
+        if let Some(walk) = self
+            .resolver
+            .prepare(&self.client, &emails, backlog)
+            .await?
+        {
+            tracing::info!(
+                pages = walk.pages,
+                found = walk.found,
+                complete = walk.complete,
+                "walked the subscriber directory"
+            );
         }
         let mut handled = 0;
         for job in jobs {
@@ -145,7 +154,9 @@ impl Delivery {
     async fn attempt(&self, job: &Job, catalogue: &Arc<Catalogue>) -> Result<JobOutcome, Failure> {
         let mut plan = mapping::plan(job, catalogue, &self.rules);
         if self.settings.create_audience_properties && !plan.missing_audiences.is_empty() {
-            let fresh = self.create_audience_properties(&plan.missing_audiences).await?;
+            let fresh = self
+                .create_audience_properties(&plan.missing_audiences)
+                .await?;
             plan = mapping::plan(job, &fresh, &self.rules);
         }
         self.count_left_out(&plan);
@@ -166,7 +177,12 @@ impl Delivery {
     }
 
     /// Sends the update; a property ProsperStack refuses is taken out and the rest re-sent.
-    async fn send(&self, job: &Job, known: &Known, mut changes: Map<String, Value>) -> Result<Vec<RejectedProperty>, Failure> {
+    async fn send(
+        &self,
+        job: &Job,
+        known: &Known,
+        mut changes: Map<String, Value>,
+    ) -> Result<Vec<RejectedProperty>, Failure> {
         let mut rejected = Vec::new();
         while !changes.is_empty() {
             match self.client.update_subscriber(&known.id, &changes).await {
@@ -185,11 +201,17 @@ impl Delivery {
                     let key = match culprit {
                         Some(key) => key,
                         // Nothing names a property: isolate by sending one at a time.
-                        None if changes.len() > 1 => return self.send_singly(job, known, changes, rejected).await,
+                        None if changes.len() > 1 => {
+                            return self.send_singly(job, known, changes, rejected).await
+                        }
                         None => changes.keys().next().cloned().unwrap_or_default(),
                     };
                     if let Some(value) = changes.remove(&key) {
-                        rejected.push(RejectedProperty { key, value, reason: format!("{status}: {message}") });
+                        rejected.push(RejectedProperty {
+                            key,
+                            value,
+                            reason: format!("{status}: {message}"),
+                        });
                     }
                     self.catalogue.invalidate().await;
                 }
@@ -199,7 +221,13 @@ impl Delivery {
         Ok(rejected)
     }
 
-    async fn send_singly(&self, job: &Job, known: &Known, changes: Map<String, Value>, mut rejected: Vec<RejectedProperty>) -> Result<Vec<RejectedProperty>, Failure> {
+    async fn send_singly(
+        &self,
+        job: &Job,
+        known: &Known,
+        changes: Map<String, Value>,
+        mut rejected: Vec<RejectedProperty>,
+    ) -> Result<Vec<RejectedProperty>, Failure> {
         for (key, value) in changes {
             let mut one = Map::new();
             one.insert(key.clone(), value.clone());
@@ -208,9 +236,11 @@ impl Delivery {
                     self.metrics.update_sent(job.events.len() as u64);
                     self.resolver.remember(&job.email, &subscriber).await;
                 }
-                Err(ApiError::Rejected { status, message }) => {
-                    rejected.push(RejectedProperty { key, value, reason: format!("{status}: {message}") })
-                }
+                Err(ApiError::Rejected { status, message }) => rejected.push(RejectedProperty {
+                    key,
+                    value,
+                    reason: format!("{status}: {message}"),
+                }),
                 Err(e) => return Err(Failure::Api(e)),
             }
         }
@@ -226,7 +256,9 @@ impl Delivery {
                 kind: PropertyType::Boolean,
             };
             match self.client.create_property(&new).await {
-                Ok(_) => tracing::info!(property = %key, "created a property for an Engage audience"),
+                Ok(_) => {
+                    tracing::info!(property = %key, "created a property for an Engage audience")
+                }
                 // Someone else created it meanwhile: the catalogue refresh will show it.
                 Err(ApiError::Rejected { status: 409, .. }) => {}
                 Err(e) => return Err(Failure::Api(e)),
@@ -251,15 +283,28 @@ impl Delivery {
         let now = now_ms();
         let expired = now - job.first_queued_ms > millis(self.settings.retry_window);
         match retry::decide(error, attempts, &self.settings.backoff, rand::random()) {
-            Decision::GiveUp => JobOutcome::DeadLetter { reason: error.to_string(), attempts },
-            Decision::RetryAfter(_) | Decision::WaitForWindow(_) if expired => JobOutcome::DeadLetter {
-                reason: format!("still failing after {}: {error}", humantime::format_duration(self.settings.retry_window)),
+            Decision::GiveUp => JobOutcome::DeadLetter {
+                reason: error.to_string(),
                 attempts,
             },
+            Decision::RetryAfter(_) | Decision::WaitForWindow(_) if expired => {
+                JobOutcome::DeadLetter {
+                    reason: format!(
+                        "still failing after {}: {error}",
+                        humantime::format_duration(self.settings.retry_window)
+                    ),
+                    attempts,
+                }
+            }
             Decision::RetryAfter(delay) | Decision::WaitForWindow(delay) => {
                 self.metrics.retry_scheduled();
                 tracing::warn!(error = %error, attempts, delay_ms = delay.as_millis() as u64, "delivery will be retried");
-                JobOutcome::RetryAt { at_ms: now + millis(delay), attempts, waiting_since_ms: job.waiting_since_ms, error: error.to_string() }
+                JobOutcome::RetryAt {
+                    at_ms: now + millis(delay),
+                    attempts,
+                    waiting_since_ms: job.waiting_since_ms,
+                    error: error.to_string(),
+                }
             }
         }
     }
@@ -269,13 +314,25 @@ impl Delivery {
         let since = job.waiting_since_ms.unwrap_or(now);
         if now - since >= millis(self.settings.subscriber_wait) {
             return JobOutcome::DeadLetter {
-                reason: format!("no ProsperStack subscriber with this email after {}", humantime::format_duration(self.settings.subscriber_wait)),
+                reason: format!(
+                    "no ProsperStack subscriber with this email after {}",
+                    humantime::format_duration(self.settings.subscriber_wait)
+                ),
                 attempts,
             };
         }
-        let delay = retry::waiting_subscriber_delay(attempts.saturating_sub(1), self.settings.waiting_retry_min, self.settings.waiting_retry_max);
+        let delay = retry::waiting_subscriber_delay(
+            attempts.saturating_sub(1),
+            self.settings.waiting_retry_min,
+            self.settings.waiting_retry_max,
+        );
         tracing::debug!(email = %job.email, delay_ms = delay.as_millis() as u64, "no subscriber yet; waiting");
-        JobOutcome::RetryAt { at_ms: now + millis(delay), attempts, waiting_since_ms: Some(since), error: "no subscriber with this email yet".into() }
+        JobOutcome::RetryAt {
+            at_ms: now + millis(delay),
+            attempts,
+            waiting_since_ms: Some(since),
+            error: "no subscriber with this email yet".into(),
+        }
     }
 }
 
@@ -298,7 +355,11 @@ fn delivered(plan: &Plan, rejected: Vec<RejectedProperty>, attempts: u32) -> Job
         .filter(|(k, _)| !rejected.iter().any(|r| &r.key == *k))
         .map(|(k, t)| (k.clone(), *t))
         .collect();
-    JobOutcome::Delivered { applied, rejected, attempts }
+    JobOutcome::Delivered {
+        applied,
+        rejected,
+        attempts,
+    }
 }
 
 /// The properties whose value differs from what the subscriber is known to hold (all of them
@@ -327,11 +388,17 @@ fn same_value(current: Option<&Value>, wanted: &Value) -> bool {
 /// The property key an error message names, if exactly one of the sent keys appears in it
 /// (quoted keys first, as ProsperStack-style messages quote them).
 fn culprit(message: &str, changes: &Map<String, Value>) -> Option<String> {
-    let quoted: Vec<&String> = changes.keys().filter(|k| message.contains(&format!("\"{k}\""))).collect();
+    let quoted: Vec<&String> = changes
+        .keys()
+        .filter(|k| message.contains(&format!("\"{k}\"")))
+        .collect();
     if quoted.len() == 1 {
         return Some(quoted[0].clone());
     }
-    let bare: Vec<&String> = changes.keys().filter(|k| message.contains(k.as_str())).collect();
+    let bare: Vec<&String> = changes
+        .keys()
+        .filter(|k| message.contains(k.as_str()))
+        .collect();
     (bare.len() == 1).then(|| bare[0].clone())
 }
 
@@ -347,18 +414,39 @@ mod tests {
     /// The error message's quoted key names the refused property.
     #[test]
     fn culprit_from_message() {
-        let changes: Map<String, Value> = json!({"number_of_contacts": "x", "number": 1}).as_object().cloned().unwrap();
-        assert_eq!(culprit("Invalid value for property \"number_of_contacts\": expected a number", &changes).as_deref(), Some("number_of_contacts"));
+        let changes: Map<String, Value> = json!({"number_of_contacts": "x", "number": 1})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            culprit(
+                "Invalid value for property \"number_of_contacts\": expected a number",
+                &changes
+            )
+            .as_deref(),
+            Some("number_of_contacts")
+        );
         assert_eq!(culprit("something went wrong", &changes), None);
     }
 
     /// Only properties whose values differ are changes; unknown values are all changes.
     #[test]
     fn changes_against_known_values() {
-        let props: Map<String, Value> = json!({"a": 1, "b": "x", "c": null}).as_object().cloned().unwrap();
-        let known = Known { id: "s".into(), values: Some(Arc::new(json!({"a": 1.0, "b": "y"}).as_object().cloned().unwrap())) };
+        let props: Map<String, Value> = json!({"a": 1, "b": "x", "c": null})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let known = Known {
+            id: "s".into(),
+            values: Some(Arc::new(
+                json!({"a": 1.0, "b": "y"}).as_object().cloned().unwrap(),
+            )),
+        };
         assert_eq!(json!(changed_properties(&props, &known)), json!({"b": "x"}));
-        let unknown = Known { id: "s".into(), values: None };
+        let unknown = Known {
+            id: "s".into(),
+            values: None,
+        };
         assert_eq!(changed_properties(&props, &unknown).len(), 3);
     }
 }

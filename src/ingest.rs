@@ -91,9 +91,15 @@ impl IntoResponse for IngestError {
             IngestError::Store(e) => {
                 // Logged once here; the body does not leak internals.
                 tracing::error!(error = %e, "cannot store events; answering 503 so Segment retries");
-                (StatusCode::SERVICE_UNAVAILABLE, message("the relay cannot store events right now; retry later"))
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message("the relay cannot store events right now; retry later"),
+                )
             }
-            IngestError::Draining => (StatusCode::SERVICE_UNAVAILABLE, message("the relay is shutting down; retry later")),
+            IngestError::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                message("the relay is shutting down; retry later"),
+            ),
         };
         (status, Json(body)).into_response()
     }
@@ -121,7 +127,11 @@ pub struct Rejection {
     pub error: String,
 }
 
-async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Result<Json<Answer>, IngestError> {
+async fn receive(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Answer>, IngestError> {
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(IngestError::Draining);
     }
@@ -131,7 +141,11 @@ async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Bod
         .map_err(|_| IngestError::TooLarge(state.max_body_bytes))?;
     let events = parse_body(&bytes, &headers, state.shared_secret.as_ref())?;
     let answer = store_events(&state, events).await?;
-    if answer.accepted == 0 && !answer.rejected.is_empty() && answer.duplicates == 0 && answer.ignored == 0 {
+    if answer.accepted == 0
+        && !answer.rejected.is_empty()
+        && answer.duplicates == 0
+        && answer.ignored == 0
+    {
         return Err(IngestError::AllRejected(answer));
     }
     Ok(Json(answer))
@@ -145,7 +159,9 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(IngestError::Unauthorized("missing Authorization: Bearer token"))?;
+        .ok_or(IngestError::Unauthorized(
+            "missing Authorization: Bearer token",
+        ))?;
     if bool::from(presented.trim().as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
@@ -157,23 +173,34 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
 type RawEvent = (Result<Value, String>, String);
 
 /// Splits the body into events, checking the signature over the bytes Segment signed.
-fn parse_body(bytes: &Bytes, headers: &HeaderMap, secret: Option<&Secret>) -> Result<Vec<RawEvent>, IngestError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
+fn parse_body(
+    bytes: &Bytes,
+    headers: &HeaderMap,
+    secret: Option<&Secret>,
+) -> Result<Vec<RawEvent>, IngestError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let elements: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
+        let elements: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
         if let (Some(secret), Some(first)) = (secret, elements.first()) {
             verify_signature(secret, first.get().as_bytes(), headers)?;
         }
-        return Ok(elements.iter().map(|raw| (parse_element(raw.get()), raw.get().to_owned())).collect());
+        return Ok(elements
+            .iter()
+            .map(|raw| (parse_element(raw.get()), raw.get().to_owned()))
+            .collect());
     }
     if let Some(secret) = secret {
         verify_signature(secret, bytes, headers)?;
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
-        return Err(IngestError::Malformed("body must be an event, an array of events or {\"batch\": [...]}".into()));
+        return Err(IngestError::Malformed(
+            "body must be an event, an array of events or {\"batch\": [...]}".into(),
+        ));
     };
     match obj.remove("batch") {
         Some(Value::Array(items)) => Ok(tracking_api_batch(items, &obj)),
@@ -205,17 +232,23 @@ fn tracking_api_batch(items: Vec<Value>, envelope: &Map<String, Value>) -> Vec<R
         .collect()
 }
 
-fn verify_signature(secret: &Secret, signed: &[u8], headers: &HeaderMap) -> Result<(), IngestError> {
+fn verify_signature(
+    secret: &Secret,
+    signed: &[u8],
+    headers: &HeaderMap,
+) -> Result<(), IngestError> {
     let header = headers
         .get("x-signature")
         .and_then(|v| v.to_str().ok())
         .ok_or(IngestError::Unauthorized("missing X-Signature"))?;
-    let expected = hex::decode(header.trim()).map_err(|_| IngestError::Unauthorized("X-Signature is not hex"))?;
+    let expected = hex::decode(header.trim())
+        .map_err(|_| IngestError::Unauthorized("X-Signature is not hex"))?;
     let mut mac = Hmac::<Sha1>::new_from_slice(secret.expose().as_bytes())
         .map_err(|_| IngestError::Unauthorized("unusable shared secret"))?;
     mac.update(signed);
     // verify_slice compares in constant time.
-    mac.verify_slice(&expected).map_err(|_| IngestError::Unauthorized("X-Signature does not match"))
+    mac.verify_slice(&expected)
+        .map_err(|_| IngestError::Unauthorized("X-Signature does not match"))
 }
 
 /// Normalises each event, stores the valid ones in one call, and builds the answer.
@@ -231,7 +264,10 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
                 continue;
             }
         };
-        let message_id = value.get("messageId").and_then(Value::as_str).map(str::to_owned);
+        let message_id = value
+            .get("messageId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match identify::normalise(&value, received) {
             Ok(event) => valid.push((index, Incoming { event, raw })),
             Err(e) => {
@@ -239,15 +275,32 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
                     EventError::NotAnObject | EventError::MissingType => "not_an_event",
                     EventError::Invalid(_) => "invalid",
                 };
-                reject(state, &mut answer, index, message_id, 400, reason, e.to_string());
+                reject(
+                    state,
+                    &mut answer,
+                    index,
+                    message_id,
+                    400,
+                    reason,
+                    e.to_string(),
+                );
             }
         }
     }
     let (indices, incoming): (Vec<usize>, Vec<Incoming>) = valid.into_iter().unzip();
-    let types: Vec<String> = incoming.iter().map(|i| i.event.type_name().to_owned()).collect();
+    let types: Vec<String> = incoming
+        .iter()
+        .map(|i| i.event.type_name().to_owned())
+        .collect();
     let ids: Vec<Option<String>> = incoming.iter().map(|i| message_id_of(&i.event)).collect();
-    let outcomes = if incoming.is_empty() { Vec::new() } else { state.store.ingest(incoming, received).await? };
-    for (((index, outcome), event_type), message_id) in indices.into_iter().zip(outcomes).zip(types).zip(ids) {
+    let outcomes = if incoming.is_empty() {
+        Vec::new()
+    } else {
+        state.store.ingest(incoming, received).await?
+    };
+    for (((index, outcome), event_type), message_id) in
+        indices.into_iter().zip(outcomes).zip(types).zip(ids)
+    {
         match outcome {
             IngestOutcome::Stored | IngestOutcome::Forgotten => {
                 answer.accepted += 1;
@@ -280,10 +333,23 @@ fn message_id_of(event: &identify::Event) -> Option<String> {
     }
 }
 
-fn reject(state: &IngestState, answer: &mut Answer, index: usize, message_id: Option<String>, status: u16, reason: &'static str, error: String) {
+fn reject(
+    state: &IngestState,
+    answer: &mut Answer,
+    index: usize,
+    message_id: Option<String>,
+    status: u16,
+    reason: &'static str,
+    error: String,
+) {
     state.metrics.event_rejected(reason);
     state.metrics.event_received("identify", "rejected");
-    answer.rejected.push(Rejection { index, message_id, status, error });
+    answer.rejected.push(Rejection {
+        index,
+        message_id,
+        status,
+        error,
+    });
 }
 
 #[cfg(test)]

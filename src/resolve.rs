@@ -155,7 +155,8 @@ impl Resolver {
         if sample.is_empty() || wanted.is_empty() {
             return Ok(None);
         }
-        let unresolved = (wanted.len() as u64 * backlog.max(sample.len() as u64)) / sample.len() as u64;
+        let unresolved =
+            (wanted.len() as u64 * backlog.max(sample.len() as u64)) / sample.len() as u64;
         let known_pages = match self.directory_pages.load(Ordering::Relaxed) {
             0 => None,
             n => Some(n),

@@ -24,7 +24,10 @@ fn defaults() {
     assert_eq!(s.api_url.as_str(), "https://api.prosperstack.com/");
     assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(s.data_dir, PathBuf::from("./data"));
-    assert_eq!((s.rate_limit_requests, s.rate_limit_window), (100, Duration::from_secs(60)));
+    assert_eq!(
+        (s.rate_limit_requests, s.rate_limit_window),
+        (100, Duration::from_secs(60))
+    );
     assert!(s.snake_case_match && !s.create_audience_properties);
     assert_eq!(s.subscriber_wait, Duration::from_secs(86_400));
     assert_eq!(s.dedupe_retention, Duration::from_secs(7 * 86_400));
@@ -49,10 +52,16 @@ fn bad_key_prefix() {
 /// An unparsable URL is refused naming PROSPERSTACK_API_URL.
 #[test]
 fn bad_url() {
-    let env = env_of(&[("PROSPERSTACK_API_KEY", "key_abc"), ("PROSPERSTACK_API_URL", "not a url")]);
+    let env = env_of(&[
+        ("PROSPERSTACK_API_KEY", "key_abc"),
+        ("PROSPERSTACK_API_URL", "not a url"),
+    ]);
     let e = Settings::load(None, &env).unwrap_err();
     assert!(e.to_string().contains("PROSPERSTACK_API_URL"), "{e}");
-    let env = env_of(&[("PROSPERSTACK_API_KEY", "key_abc"), ("PROSPERSTACK_API_URL", "ftp://x")]);
+    let env = env_of(&[
+        ("PROSPERSTACK_API_KEY", "key_abc"),
+        ("PROSPERSTACK_API_URL", "ftp://x"),
+    ]);
     assert!(Settings::load(None, &env).is_err());
 }
 
@@ -80,14 +89,19 @@ subscriber_wait = "2h"
     assert_eq!(s.rate_limit_requests, 50);
     assert!(!s.snake_case_match);
     assert_eq!(s.subscriber_wait, Duration::from_secs(7200));
-    assert_eq!(s.trait_mappings.get("Last contacted").map(String::as_str), Some("last_contacted"));
+    assert_eq!(
+        s.trait_mappings.get("Last contacted").map(String::as_str),
+        Some("last_contacted")
+    );
 }
 
 /// An unknown key in the file is refused, with the key and line in one line of text.
 #[test]
 fn unknown_toml_key() {
     let f = toml_file("[prosperstack]\napi_key = \"key_x\"\nrate_limit = 5\n");
-    let e = Settings::load(Some(f.path()), &env_of(&[])).unwrap_err().to_string();
+    let e = Settings::load(Some(f.path()), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rate_limit"), "{e}");
     assert!(e.contains("line 3"), "{e}");
     assert!(!e.contains('\n'), "{e}");
@@ -100,13 +114,19 @@ fn secrets_from_files() {
     let secret = toml_file("s3cret\n");
     let env = env_of(&[
         ("PROSPERSTACK_API_KEY_FILE", key.path().to_str().unwrap()),
-        ("SEGMENT_SHARED_SECRET_FILE", secret.path().to_str().unwrap()),
+        (
+            "SEGMENT_SHARED_SECRET_FILE",
+            secret.path().to_str().unwrap(),
+        ),
     ]);
     let s = Settings::load(None, &env).unwrap();
     assert_eq!(s.api_key.expose(), "key_test_fromfile");
     assert_eq!(s.shared_secret.as_ref().map(Secret::expose), Some("s3cret"));
     let debug = format!("{s:?}");
-    assert!(!debug.contains("s3cret") && !debug.contains("key_test_fromfile"), "{debug}");
+    assert!(
+        !debug.contains("s3cret") && !debug.contains("key_test_fromfile"),
+        "{debug}"
+    );
 }
 
 /// Bad numbers and durations name their setting.
@@ -128,6 +148,12 @@ fn bad_values_name_setting() {
 /// Scaled rate-limit windows (fractions of a second) are accepted for tests and benchmarks.
 #[test]
 fn fractional_window() {
-    let env = env_of(&[("PROSPERSTACK_API_KEY", "key_abc"), ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "0.5")]);
-    assert_eq!(Settings::load(None, &env).unwrap().rate_limit_window, Duration::from_millis(500));
+    let env = env_of(&[
+        ("PROSPERSTACK_API_KEY", "key_abc"),
+        ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "0.5"),
+    ]);
+    assert_eq!(
+        Settings::load(None, &env).unwrap().rate_limit_window,
+        Duration::from_millis(500)
+    );
 }

@@ -26,7 +26,10 @@ pub(crate) fn minify(text: &str) -> String {
 }
 
 fn payload(name: &str) -> String {
-    let path = format!("{}/../shared/reference/segment-payloads/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../shared/reference/segment-payloads/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     minify(&std::fs::read_to_string(path).expect("payload"))
 }
 
@@ -55,9 +58,17 @@ fn signature_of_array_is_first_element() {
     let body = Bytes::from(payload("webhook-actions-batch-array.json"));
     assert_eq!(body.len(), 2158);
     let secret = Secret::new(SECRET);
-    assert_eq!(parse_body(&body, &signed(BASIC_SIG), Some(&secret)).unwrap().len(), 3);
+    assert_eq!(
+        parse_body(&body, &signed(BASIC_SIG), Some(&secret))
+            .unwrap()
+            .len(),
+        3
+    );
     let whole = "7b7e1324c0b5c50785c38274a7ef6fed064225d9";
-    assert!(matches!(parse_body(&body, &signed(whole), Some(&secret)), Err(IngestError::Unauthorized(_))));
+    assert!(matches!(
+        parse_body(&body, &signed(whole), Some(&secret)),
+        Err(IngestError::Unauthorized(_))
+    ));
 }
 
 /// Missing or wrong signatures are refused when a secret is set; ignored when not.
@@ -65,10 +76,19 @@ fn signature_of_array_is_first_element() {
 fn signature_required_when_secret_set() {
     let body = Bytes::from(payload("identify-basic.json"));
     let secret = Secret::new(SECRET);
-    assert!(matches!(parse_body(&body, &HeaderMap::new(), Some(&secret)), Err(IngestError::Unauthorized(_))));
+    assert!(matches!(
+        parse_body(&body, &HeaderMap::new(), Some(&secret)),
+        Err(IngestError::Unauthorized(_))
+    ));
     let wrong = "800c9b04f49c31ca47fcd633e01a7b6e779bc303";
-    assert!(matches!(parse_body(&body, &signed(wrong), Some(&secret)), Err(IngestError::Unauthorized(_))));
-    assert!(matches!(parse_body(&body, &signed("zz"), Some(&secret)), Err(IngestError::Unauthorized(_))));
+    assert!(matches!(
+        parse_body(&body, &signed(wrong), Some(&secret)),
+        Err(IngestError::Unauthorized(_))
+    ));
+    assert!(matches!(
+        parse_body(&body, &signed("zz"), Some(&secret)),
+        Err(IngestError::Unauthorized(_))
+    ));
     assert!(parse_body(&body, &HeaderMap::new(), None).is_ok());
 }
 
@@ -96,5 +116,8 @@ fn malformed_bodies() {
         Err(e) => assert!(matches!(e, IngestError::Malformed(_))),
     }
     let deep_obj = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
-    assert!(matches!(parse_body(&Bytes::from(deep_obj), &HeaderMap::new(), None), Err(IngestError::Malformed(_))));
+    assert!(matches!(
+        parse_body(&Bytes::from(deep_obj), &HeaderMap::new(), None),
+        Err(IngestError::Malformed(_))
+    ));
 }

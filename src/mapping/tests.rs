@@ -21,11 +21,19 @@ fn catalogue() -> Catalogue {
     let mut subscription = prop("plan_tier", "Plan tier", PropertyType::Text);
     subscription.entity = "subscription".into();
     Catalogue::new(vec![
-        prop("number_of_contacts", "Number of contacts", PropertyType::Number),
+        prop(
+            "number_of_contacts",
+            "Number of contacts",
+            PropertyType::Number,
+        ),
         prop("is_professional", "Is professional", PropertyType::Boolean),
         prop("last_contacted", "Last contacted", PropertyType::Date),
         prop("preferred_name", "Preferred name", PropertyType::Text),
-        prop("high_value_customers", "High value customers", PropertyType::Boolean),
+        prop(
+            "high_value_customers",
+            "High value customers",
+            PropertyType::Boolean,
+        ),
         prop("nickname", "preferredName", PropertyType::Text),
         subscription,
     ])
@@ -55,18 +63,31 @@ fn job(events: Vec<QueuedEvent>, applied: &[(&str, i64)]) -> Job {
         first_queued_ms: 0,
         waiting_since_ms: None,
         events,
-        applied: applied.iter().map(|(k, t)| (k.to_string(), *t)).collect::<HashMap<_, _>>(),
+        applied: applied
+            .iter()
+            .map(|(k, t)| (k.to_string(), *t))
+            .collect::<HashMap<_, _>>(),
     }
 }
 
 /// The seeds' example traits land on their properties by display name, typed.
 #[test]
 fn seeds_example_maps_by_name() {
-    let j = job(vec![event(1, 1, json!({"Number of contacts": 5800, "Is professional": true,
-        "Last contacted": "2021-05-04", "Preferred name": "Johnny"}))], &[]);
+    let j = job(
+        vec![event(
+            1,
+            1,
+            json!({"Number of contacts": 5800, "Is professional": true,
+        "Last contacted": "2021-05-04", "Preferred name": "Johnny"}),
+        )],
+        &[],
+    );
     let p = plan(&j, &catalogue(), &rules());
-    assert_eq!(json!(p.properties), json!({"number_of_contacts": 5800, "is_professional": true,
-        "last_contacted": "2021-05-04", "preferred_name": "Johnny"}));
+    assert_eq!(
+        json!(p.properties),
+        json!({"number_of_contacts": 5800, "is_professional": true,
+        "last_contacted": "2021-05-04", "preferred_name": "Johnny"})
+    );
     assert!(p.unmatched.is_empty());
 }
 
@@ -76,11 +97,24 @@ fn precedence() {
     let c = catalogue();
     let mut r = rules();
     // "preferredName" is the display name of `nickname`: name beats the snake_case rule.
-    assert_eq!(r.match_trait("preferredName", &c).map(|p| p.key.as_str()), Some("nickname"));
-    assert_eq!(r.match_trait("preferred_name", &c).map(|p| p.key.as_str()), Some("preferred_name"));
-    assert_eq!(r.match_trait("isProfessional", &c).map(|p| p.key.as_str()), Some("is_professional"));
-    r.trait_mappings.insert("preferredName".into(), "preferred_name".into());
-    assert_eq!(r.match_trait("preferredName", &c).map(|p| p.key.as_str()), Some("preferred_name"));
+    assert_eq!(
+        r.match_trait("preferredName", &c).map(|p| p.key.as_str()),
+        Some("nickname")
+    );
+    assert_eq!(
+        r.match_trait("preferred_name", &c).map(|p| p.key.as_str()),
+        Some("preferred_name")
+    );
+    assert_eq!(
+        r.match_trait("isProfessional", &c).map(|p| p.key.as_str()),
+        Some("is_professional")
+    );
+    r.trait_mappings
+        .insert("preferredName".into(), "preferred_name".into());
+    assert_eq!(
+        r.match_trait("preferredName", &c).map(|p| p.key.as_str()),
+        Some("preferred_name")
+    );
     r.snake_case_match = false;
     assert!(r.match_trait("isProfessional", &c).is_none());
     // Subscription properties are never matched.
@@ -100,11 +134,20 @@ fn conversions() {
     for t in [json!(true), json!("true"), json!("T"), json!("1"), json!(1)] {
         assert_eq!(ok(Boolean, t), json!(true));
     }
-    for f in [json!(false), json!("false"), json!("f"), json!("0"), json!(0)] {
+    for f in [
+        json!(false),
+        json!("false"),
+        json!("f"),
+        json!("0"),
+        json!(0),
+    ] {
         assert_eq!(ok(Boolean, f), json!(false));
     }
     assert!(convert(Boolean, &json!("yes please")).is_err());
-    assert_eq!(ok(Date, json!("2024-03-18T09:12:44.000Z")), json!("2024-03-18"));
+    assert_eq!(
+        ok(Date, json!("2024-03-18T09:12:44.000Z")),
+        json!("2024-03-18")
+    );
     assert_eq!(ok(Date, json!("2024-03-18")), json!("2024-03-18"));
     assert!(convert(Date, &json!("2024-02-30")).is_err());
     assert!(convert(Date, &json!(1700000000)).is_err());
@@ -117,12 +160,23 @@ fn conversions() {
 /// The latest timestamp wins regardless of arrival order; stale values are not sent.
 #[test]
 fn latest_wins() {
-    let j = job(vec![event(1, 20, json!({"high_value_customers": false})),
-                     event(2, 10, json!({"high_value_customers": true}))], &[]);
+    let j = job(
+        vec![
+            event(1, 20, json!({"high_value_customers": false})),
+            event(2, 10, json!({"high_value_customers": true})),
+        ],
+        &[],
+    );
     let p = plan(&j, &catalogue(), &rules());
-    assert_eq!(p.properties.get("high_value_customers"), Some(&json!(false)));
+    assert_eq!(
+        p.properties.get("high_value_customers"),
+        Some(&json!(false))
+    );
     assert_eq!(p.timestamps.get("high_value_customers"), Some(&20));
-    let j = job(vec![event(3, 10, json!({"high_value_customers": true}))], &[("high_value_customers", 20)]);
+    let j = job(
+        vec![event(3, 10, json!({"high_value_customers": true}))],
+        &[("high_value_customers", 20)],
+    );
     let p = plan(&j, &catalogue(), &rules());
     assert!(p.properties.is_empty());
     assert_eq!(p.stale, vec!["high_value_customers".to_string()]);
@@ -131,8 +185,15 @@ fn latest_wins() {
 /// Unmatched traits, unconvertible values and missing audiences are reported, not sent.
 #[test]
 fn left_out() {
-    let mut e = event(1, 1, json!({"plan": "pro", "number_of_contacts": "many", "new_audience": true}));
-    e.engage = Some(Engage { class: "audience".into(), key: "new_audience".into() });
+    let mut e = event(
+        1,
+        1,
+        json!({"plan": "pro", "number_of_contacts": "many", "new_audience": true}),
+    );
+    e.engage = Some(Engage {
+        class: "audience".into(),
+        key: "new_audience".into(),
+    });
     let p = plan(&job(vec![e], &[]), &catalogue(), &rules());
     assert!(p.properties.is_empty());
     assert_eq!(p.unmatched, vec!["plan".to_string()]);
@@ -143,6 +204,12 @@ fn left_out() {
 /// Engage keys become readable property names.
 #[test]
 fn readable_names() {
-    assert_eq!(readable_name("high_value_customers"), "High value customers");
-    assert_eq!(readable_name("order_completed_last_30days"), "Order completed last 30days");
+    assert_eq!(
+        readable_name("high_value_customers"),
+        "High value customers"
+    );
+    assert_eq!(
+        readable_name("order_completed_last_30days"),
+        "Order completed last 30days"
+    );
 }

@@ -118,7 +118,7 @@ impl State {
         entity: Option<Entity>,
         request: &PageRequest,
     ) -> Result<Page, SandboxError> {
-        let keep = |p: &Property| !p.deleted && entity.map_or(true, |e| p.entity == e);
+        let keep = |p: &Property| !p.deleted && entity.is_none_or(|e| p.entity == e);
         let (items, next_cursor) = paginate(&self.properties, |p| &p.id, keep, request)?;
         let data = items.into_iter().map(property_json).collect();
         Ok(Page { data, next_cursor })
@@ -160,11 +160,11 @@ impl State {
         request: &PageRequest,
     ) -> Result<Page, SandboxError> {
         let keep = |s: &Subscriber| {
-            filter.email.as_ref().map_or(true, |e| &s.email == e)
+            filter.email.as_ref().is_none_or(|e| &s.email == e)
                 && filter
                     .platform_id
                     .as_ref()
-                    .map_or(true, |p| &s.platform_id == p)
+                    .is_none_or(|p| &s.platform_id == p)
         };
         let (items, next_cursor) = paginate(&self.subscribers, |s| &s.id, keep, request)?;
         let data = items.into_iter().map(|s| self.subscriber_json(s)).collect();

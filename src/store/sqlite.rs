@@ -77,17 +77,11 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
 
 /// Tunables of the SQLite store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StoreOptions {
     /// A new job waits this long before its first attempt, so that events for the same
     /// subscriber arriving close together go out as one update.
     pub coalesce_ms: i64,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions { coalesce_ms: 0 }
-    }
 }
 
 /// Handle to the store; cheap to clone, all clones talk to the same writer thread.
@@ -115,13 +109,21 @@ impl SqliteStore {
         Self::open_with(dir, StoreOptions::default(), false)
     }
 
-    fn open_with(dir: &Path, options: StoreOptions, exclusive: bool) -> Result<SqliteStore, StoreError> {
+    fn open_with(
+        dir: &Path,
+        options: StoreOptions,
+        exclusive: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let data_dir_error = |reason: String| StoreError::DataDir {
             path: dir.display().to_string(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
-        let lock = if exclusive { Some(lock_dir(dir).map_err(data_dir_error)?) } else { None };
+        let lock = if exclusive {
+            Some(lock_dir(dir).map_err(data_dir_error)?)
+        } else {
+            None
+        };
         let conn = Connection::open(dir.join("relay.db"))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
@@ -167,7 +169,12 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
 
 /// The writer thread: waits for one request, takes every other waiting one (up to
 /// [`MAX_GROUP`]), runs them in one transaction, commits, then answers them all.
-fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, _lock: Option<File>, options: StoreOptions) {
+fn writer_loop(
+    conn: Connection,
+    ops: mpsc::Receiver<Op>,
+    _lock: Option<File>,
+    options: StoreOptions,
+) {
     while let Ok(first) = ops.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
