@@ -196,7 +196,7 @@ mod tests {
 
     fn payload(name: &str) -> Value {
         let path = format!(
-            "{}/../shared/reference/segment-payloads/{name}",
+            "{}/tests/fixtures/segment-payloads/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let text = std::fs::read_to_string(&path).expect("reference payload readable");

@@ -474,7 +474,7 @@ async fn missing_audience_property_is_created() {
 
 fn minified(name: &str) -> String {
     let path = format!(
-        "{}/../shared/reference/segment-payloads/{name}",
+        "{}/tests/fixtures/segment-payloads/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(path).unwrap();

@@ -157,3 +157,43 @@ fn fractional_window() {
         Duration::from_millis(500)
     );
 }
+
+/// The example file documents every setting and is itself a valid configuration.
+#[test]
+fn example_file_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
+    let s = Settings::load(Some(&path), &env_of(&[("PROSPERSTACK_API_KEY", "key_abc")])).unwrap();
+    assert_eq!(s.coalesce_delay, Duration::from_millis(500));
+    let text = std::fs::read_to_string(&path).unwrap();
+    for env in [
+        "RELAY_LISTEN",
+        "RELAY_METRICS_LISTEN",
+        "RELAY_DATA_DIR",
+        "RELAY_LOG_FORMAT",
+        "PROSPERSTACK_API_KEY",
+        "PROSPERSTACK_API_URL",
+        "PROSPERSTACK_RATE_LIMIT_REQUESTS",
+        "PROSPERSTACK_RATE_LIMIT_WINDOW_SECS",
+        "PROSPERSTACK_REQUEST_TIMEOUT",
+        "SEGMENT_SHARED_SECRET",
+        "RELAY_INGEST_TOKEN",
+        "RELAY_MAX_BODY_BYTES",
+        "RELAY_SNAKE_CASE_MATCH",
+        "RELAY_CREATE_AUDIENCE_PROPERTIES",
+        "RELAY_CATALOGUE_REFRESH",
+        "RELAY_SUBSCRIBER_WAIT",
+        "RELAY_WAITING_RETRY_MIN",
+        "RELAY_WAITING_RETRY_MAX",
+        "RELAY_RETRY_WINDOW",
+        "RELAY_DEDUPE_RETENTION",
+        "RELAY_DRAIN_DEADLINE",
+        "RELAY_COALESCE_DELAY",
+        "RELAY_SUBSCRIBER_CACHE_TTL",
+        "RELAY_NEGATIVE_CACHE_TTL",
+    ] {
+        assert!(
+            text.contains(env),
+            "{env} is not documented in the example file"
+        );
+    }
+}

@@ -27,7 +27,7 @@ pub(crate) fn minify(text: &str) -> String {
 
 fn payload(name: &str) -> String {
     let path = format!(
-        "{}/../shared/reference/segment-payloads/{name}",
+        "{}/tests/fixtures/segment-payloads/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     minify(&std::fs::read_to_string(path).expect("payload"))

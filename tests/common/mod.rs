@@ -208,10 +208,10 @@ where
 /// Generous: tests must pass on a slow, shared machine; the poll ends as soon as it can.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A reference payload from `shared/reference/segment-payloads`.
+/// A reference payload from `tests/fixtures/segment-payloads`.
 pub fn payload(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/reference/segment-payloads/{name}",
+        "{}/tests/fixtures/segment-payloads/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).expect("payload file"))
