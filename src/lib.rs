@@ -1,4 +1,23 @@
 //! prosperstack-relay: Segment Identify calls in, ProsperStack subscriber custom properties out.
+//!
+//! The pipeline, one module a stage:
+//! - [`ingest`]: axum handler for `POST /v1/segment`: auth (signature, bearer token), body
+//!   limit, the three body shapes; answers only after the store committed.
+//! - [`identify`]: one Segment event → a normalised update (email, flattened traits, Engage
+//!   computation, time), a delete request, or an ignored type.
+//! - [`store`]: the durable queue (SQLite, WAL, group commit): dedupe by messageId,
+//!   `userId → email`, one job per email, applied timestamps, dead letters.
+//! - [`delivery`]: the worker: due jobs → one update per subscriber, latest value wins,
+//!   retries, waiting subscribers, dead letters.
+//! - [`resolve`]: email → subscriber through a moka cache, by look-up or directory paging.
+//! - [`mapping`]: property catalogue, trait → property matching, typing of values.
+//! - [`budget`]: one rate limiter for every upstream request, corrected by `RateLimit-*`.
+//! - [`retry`]: pure retry decisions and delays.
+//! - [`prosperstack`]: the ProsperStack API client (HTTP and the API's types only).
+//!
+//! Around it: [`config`] (settings from file and environment), [`app`] (wiring, run, drain),
+//! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
+//! [`cli`] (subcommands), and [`sandbox`] (a strict ProsperStack simulator for trials and tests).
 pub mod app;
 pub mod budget;
 pub mod cli;
