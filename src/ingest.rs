@@ -343,7 +343,13 @@ fn reject(
     error: String,
 ) {
     state.metrics.event_rejected(reason);
-    state.metrics.event_received("identify", "rejected");
+    // Only a missing email is known to be an Identify; anything else never became an event.
+    let event_type = if reason == "no_email" {
+        "identify"
+    } else {
+        "other"
+    };
+    state.metrics.event_received(event_type, "rejected");
     answer.rejected.push(Rejection {
         index,
         message_id,

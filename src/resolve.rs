@@ -9,9 +9,12 @@
 //! The warm-up rule (see [`should_warm`]): page the directory when the backlog holds more
 //! unresolved emails than the listing would cost in requests. The cost is known once a full
 //! listing has been seen (pages of the last complete walk); before that it is estimated as one
-//! page per 100 unresolved emails, and a walk stops early once it has found every email it
-//! was after, or when, after a few pages, it is finding fewer wanted emails than pages it
-//! fetched (the directory is much larger than the backlog: look-ups are cheaper).
+//! page per 100 unresolved emails. The batch delivery is about to send is a sample of the
+//! backlog; a walk stops early once it has found every email it was after (when the batch is the
+//! whole backlog), or when, after three pages, its pages are resolving fewer than one backlog
+//! email each (the sample's hits scaled up to the backlog): the directory is much larger than
+//! the backlog and look-ups are cheaper. Such a walk records the directory as at least twice the
+//! backlog's size, so another walk waits until the backlog has grown that large.
 //! After a complete walk, emails it did not find are cached as missing.
 
 use std::collections::{HashMap, HashSet};
@@ -164,7 +167,20 @@ impl Resolver {
         if !should_warm(unresolved, known_pages) {
             return Ok(None);
         }
-        let report = self.walk(client, &wanted, sample).await?;
+        // The sample stands for the whole backlog: finding all of it ends the walk early
+        // only when it is the whole backlog.
+        let whole_backlog = backlog <= sample.len() as u64;
+        let scale = unresolved as f64 / wanted.len() as f64;
+        let report = self
+            .walk(client, &wanted, sample, whole_backlog, scale)
+            .await?;
+        if !report.complete && !whole_backlog {
+            // The walk stopped paying: remember how large the directory looks (at least
+            // twice today's backlog), so no walk starts again until the backlog outgrows it.
+            let estimate = report.pages * wanted.len() as u64 / report.found.max(1);
+            self.directory_pages
+                .store(estimate.max(2 * unresolved), Ordering::Relaxed);
+        }
         Ok(Some(report))
     }
 
@@ -174,6 +190,8 @@ impl Resolver {
         client: &Client,
         wanted: &HashSet<String>,
         sample: &[String],
+        stop_when_found: bool,
+        scale: f64,
     ) -> Result<WalkReport, ApiError> {
         let mut report = WalkReport::default();
         let mut remaining = wanted.clone();
@@ -198,8 +216,11 @@ impl Resolver {
                 report.complete = true;
                 break;
             }
-            let not_paying = report.pages >= PAGES_BEFORE_JUDGING && report.found < report.pages;
-            if remaining.is_empty() || not_paying {
+            // Each page must resolve at least one backlog email (the sample's hits scaled up to
+            // the backlog) to beat looking emails up one by one.
+            let not_paying = report.pages >= PAGES_BEFORE_JUDGING
+                && (report.found as f64 * scale) < report.pages as f64;
+            if (stop_when_found && remaining.is_empty()) || not_paying {
                 break;
             }
         }

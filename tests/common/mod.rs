@@ -69,6 +69,9 @@ pub fn settings(sandbox_url: &str, data_dir: &std::path::Path, extra: &[(&str, &
         ("PROSPERSTACK_API_KEY", SANDBOX_API_KEY),
         ("PROSPERSTACK_API_URL", sandbox_url),
         ("RELAY_LISTEN", "127.0.0.1:0"),
+        // The demo sandbox's limit; tests that study the limit set their own.
+        ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "1000"),
+        ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "1"),
         ("RELAY_COALESCE_DELAY", "0ms"),
         ("RELAY_WAITING_RETRY_MIN", "200ms"),
         ("RELAY_WAITING_RETRY_MAX", "1s"),

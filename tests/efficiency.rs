@@ -1,0 +1,111 @@
+//! Spending the ProsperStack budget well: directory warm-up, coalescing, skipped no-ops.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// With a large backlog, the relay pages the subscriber list instead of looking each email up.
+#[tokio::test]
+async fn directory_warm_up_replaces_lookups() {
+    let sb = demo_sandbox().await;
+    let emails: Vec<String> = (0..250).map(|i| format!("m{i}@example.com")).collect();
+    for e in &emails {
+        sb.sandbox.create_subscriber(e, "M");
+    }
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let events: Vec<_> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            identify(
+                &format!("w{i}"),
+                e,
+                json!({"plan": "Pro"}),
+                "2024-06-01T00:00:00Z",
+            )
+        })
+        .collect();
+    assert_eq!(relay.post_json(&json!(events)).await.0, 200);
+    assert!(
+        eventually(PATIENCE, || async {
+            emails
+                .iter()
+                .all(|e| property(&sb.sandbox, e, "plan").is_some())
+        })
+        .await
+    );
+    let stats = sb.sandbox.stats();
+    let lists = stats
+        .by_route
+        .get("GET /v1/subscribers")
+        .copied()
+        .unwrap_or(0);
+    // 253 subscribers (3 demo ones) fit in 3 pages; one look-up per email would be 250.
+    assert!(lists <= 3, "{stats:?}");
+    assert_eq!(stats.subscriber_updates, 250, "{stats:?}");
+    assert!(relay.metric("relay_directory_pages_total").await >= 1);
+}
+
+/// Events for one subscriber queued together go out as one update, latest value per property.
+#[tokio::test]
+async fn coalesces_per_subscriber() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[("RELAY_COALESCE_DELAY", "300ms")]).await;
+    let email = "john.doe@example.com";
+    let events = json!([
+        identify(
+            "c1",
+            email,
+            json!({"plan": "Basic"}),
+            "2024-06-01T00:00:00Z"
+        ),
+        identify(
+            "c2",
+            email,
+            json!({"preferred_name": "J"}),
+            "2024-06-01T00:00:01Z"
+        ),
+        identify("c3", email, json!({"plan": "Pro"}), "2024-06-01T00:00:02Z"),
+    ]);
+    assert_eq!(relay.post_json(&events).await.0, 200);
+    assert!(
+        eventually(PATIENCE, || async {
+            property(&sb.sandbox, email, "preferred_name").is_some()
+        })
+        .await
+    );
+    assert_eq!(property(&sb.sandbox, email, "plan"), Some(json!("Pro")));
+    assert_eq!(sb.sandbox.stats().subscriber_updates, 1);
+    assert_eq!(relay.metric("relay_updates_coalesced_total").await, 2);
+}
+
+/// An update whose values the subscriber already holds is not sent.
+#[tokio::test]
+async fn skips_updates_that_change_nothing() {
+    let sb = demo_sandbox().await;
+    let email = "maria.lopez@example.com";
+    let id = sb.sandbox.subscriber_by_email(email).unwrap().id;
+    sb.sandbox
+        .set_subscriber_property(&id, "high_value_customers", json!(true))
+        .unwrap();
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    assert_eq!(
+        relay
+            .post_json(&payload("identify-engage-audience-entered.json"))
+            .await
+            .0,
+        200
+    );
+    assert!(
+        eventually(PATIENCE, || async {
+            relay.metric("relay_updates_skipped_total").await == 1
+        })
+        .await
+    );
+    assert_eq!(sb.sandbox.stats().subscriber_updates, 0);
+    assert_eq!(
+        property(&sb.sandbox, email, "high_value_customers"),
+        Some(json!(true))
+    );
+}
