@@ -33,6 +33,8 @@ use crate::store::{now_ms, SqliteStore, Store, StoreError, StoreOptions};
 /// How often queue gauges are refreshed and old dedupe ids pruned.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// Longest an HTTP request may take before it is answered 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -119,11 +121,15 @@ pub async fn run(
         None => router = router.merge(health::metrics_router(metrics.clone())),
     }
     tracing::info!(address = %listener.local_addr()?, upstream = %settings.api_url, "relay listening");
-    servers.push(spawn_server(
-        listener,
-        router.layer(crate::telemetry::request_layer()),
-        &stop_http,
-    ));
+    // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
+    // anyway, and it retries a 408 too.
+    let router = router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(crate::telemetry::request_layer());
+    servers.push(spawn_server(listener, router, &stop_http));
 
     shutdown.await;
     tracing::info!(
