@@ -129,26 +129,45 @@ impl Delivery {
             if shutdown.is_cancelled() {
                 break;
             }
-            let result = self.deliver(&job, &catalogue).await;
+            let (result, trouble) = self.deliver(&job, &catalogue).await;
             self.store.finish(vec![result], now_ms()).await?;
             handled += 1;
+            if let Some(error) = trouble {
+                // ProsperStack itself is failing: the other jobs would fail the same way and
+                // spend the budget doing it. Stop the round and let the worker back off.
+                return Err(DeliveryError::Api(error));
+            }
         }
         Ok(handled)
     }
 
     /// One job: plan, resolve, send; never fails, every failure is an outcome.
-    async fn deliver(&self, job: &Job, catalogue: &Arc<Catalogue>) -> JobResult {
+    /// Also answers the error when it concerns ProsperStack as a whole (5xx, timeouts, auth),
+    /// not just this job.
+    async fn deliver(
+        &self,
+        job: &Job,
+        catalogue: &Arc<Catalogue>,
+    ) -> (JobResult, Option<ApiError>) {
         let attempts = job.attempts + 1;
-        let outcome = match self.attempt(job, catalogue).await {
-            Ok(outcome) => outcome,
-            Err(Failure::Api(e)) => self.after_failure(job, attempts, &e),
-            Err(Failure::NoSubscriber) => self.wait_for_subscriber(job, attempts),
+        let (outcome, trouble) = match self.attempt(job, catalogue).await {
+            Ok(outcome) => (outcome, None),
+            Err(Failure::Api(e)) => {
+                let outcome = self.after_failure(job, attempts, &e);
+                let upstream_wide = matches!(
+                    e,
+                    ApiError::Retryable { .. } | ApiError::Unauthorized { .. }
+                );
+                (outcome, upstream_wide.then_some(e))
+            }
+            Err(Failure::NoSubscriber) => (self.wait_for_subscriber(job, attempts), None),
         };
-        JobResult {
+        let result = JobResult {
             email: job.email.clone(),
             up_to_event_id: job.up_to_event_id(),
             outcome,
-        }
+        };
+        (result, trouble)
     }
 
     async fn attempt(&self, job: &Job, catalogue: &Arc<Catalogue>) -> Result<JobOutcome, Failure> {
