@@ -572,3 +572,45 @@ async fn bad_configuration_stops_startup_with_one_line() {
         }
     }
 }
+
+/// A TOML syntax error in the config file also stops start-up with one line naming the file
+/// setting (toml's own message spans lines: "invalid string\nexpected ...").
+#[tokio::test]
+async fn config_file_syntax_error_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("broken.toml");
+    std::fs::write(&file, "listen = \n").unwrap();
+    let file_arg = file.display().to_string();
+    for subcommand in ["serve", "check-config"] {
+        let mut cmd = relay_command(&[subcommand, "--config", &file_arg]);
+        cmd.env("PROSPERSTACK_API_KEY", "key_test_sandbox")
+            .env("RELAY_LISTEN", "127.0.0.1:0")
+            .env("RELAY_DATA_DIR", tmp.path().join("data"));
+        let done = run_to_exit(cmd, PATIENCE).await;
+        assert!(!done.status.success(), "{subcommand} exited 0");
+        assert_one_line_naming(&done.stderr, "RELAY_CONFIG");
+    }
+}
+
+/// `healthcheck` finds the relay when its listen address comes from the config file (as
+/// `serve` does), not only from `RELAY_LISTEN`.
+#[tokio::test]
+async fn healthcheck_honours_listen_from_the_config_file() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let port = port_of(&relay.url);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("relay.toml");
+    std::fs::write(&file, format!("listen = \"0.0.0.0:{port}\"\n")).unwrap();
+    let mut cmd = relay_command(&["healthcheck"]);
+    cmd.env("RELAY_CONFIG", &file);
+    let done = run_to_exit(cmd, PATIENCE).await;
+    let asked = format!("http://127.0.0.1:{port}/healthz");
+    assert!(
+        done.status.success() && done.stdout.contains(&asked),
+        "expected a healthy answer from {asked}; got {:?}, stdout: {} stderr: {}",
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+}
