@@ -242,3 +242,142 @@ pub fn identify(message_id: &str, email: &str, traits: Value, timestamp: &str) -
         "traits": traits,
     })
 }
+
+// ---- The real binary, run as a child process (operations tests) ----
+
+/// The relay binary Cargo built for these tests.
+pub const RELAY_BIN: &str = env!("CARGO_BIN_EXE_prosperstack-relay");
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The relay binary with `args` and an empty environment, so nothing leaks in from the
+/// test runner's own environment (a stray `PROSPERSTACK_API_KEY` would hide a bug).
+pub fn relay_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(RELAY_BIN);
+    cmd.args(args).env_clear();
+    cmd
+}
+
+/// A child process that is killed (and reaped) when the guard is dropped, even when a test
+/// panics half way.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The exit status once the child has exited, polling for at most `limit`; `None` if it
+    /// is still running then.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as an orchestrator does to stop a container.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished command wrote and how it exited.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion (bounded by `limit`, then killed and the test fails), capturing
+/// stdout and stderr through files so a chatty child can never block on a full pipe.
+pub async fn run_to_exit(mut cmd: std::process::Command, limit: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut guard = ChildGuard {
+        child: cmd.spawn().expect("spawn the relay binary"),
+    };
+    let status = guard.wait_exit(limit).await;
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let status =
+        status.unwrap_or_else(|| panic!("still running after {limit:?}; stderr: {stderr}"));
+    Finished {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr,
+    }
+}
+
+/// Starts `cmd` in the background with its stderr going to `log` (stdout discarded).
+pub fn spawn_logged(mut cmd: std::process::Command, log: &std::path::Path) -> ChildGuard {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    ChildGuard {
+        child: cmd.spawn().expect("spawn the relay binary"),
+    }
+}
+
+/// Waits until the child relay at `base_url` answers `/healthz` with 200; fails the test with
+/// the child's log if it exits first or never answers.
+pub async fn wait_until_serving(child: &mut ChildGuard, base_url: &str, log: &std::path::Path) {
+    let http = reqwest::Client::new();
+    let url = format!("{base_url}/healthz");
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status() == reqwest::StatusCode::OK {
+                return;
+            }
+        }
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(status) = child.child.try_wait().expect("try_wait") {
+            panic!(
+                "relay exited ({status}) before serving; log:\n{}",
+                log_text()
+            );
+        }
+        if start.elapsed() > PATIENCE {
+            panic!("relay did not serve {url} in time; log:\n{}", log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Segment's `X-Signature`: lowercase hex HMAC-SHA1 of the raw body under the shared secret.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
