@@ -60,6 +60,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    // Everything that can fail at start-up happens before any task is spawned.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let store = open_store(&settings)?;
     let metrics = Arc::new(Metrics::new());
     let budget = Arc::new(Budget::new(
@@ -108,9 +113,8 @@ pub async fn run(
     let mut router = ingest::router(ingest_state).merge(health::router(health_state));
     let stop_http = CancellationToken::new();
     let mut servers = Vec::new();
-    match settings.metrics_listen {
-        Some(addr) => {
-            let metrics_listener = TcpListener::bind(addr).await?;
+    match metrics_listener {
+        Some(metrics_listener) => {
             tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
             servers.push(spawn_server(
                 metrics_listener,
@@ -120,7 +124,7 @@ pub async fn run(
         }
         None => router = router.merge(health::metrics_router(metrics.clone())),
     }
-    tracing::info!(address = %listener.local_addr()?, upstream = %settings.api_url, "relay listening");
+    tracing::info!(address = %listener.local_addr()?, upstream = %crate::config::display_url(&settings.api_url), "relay listening");
     // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
     // anyway, and it retries a 408 too.
     let router = router

@@ -118,7 +118,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
             Err(e) => config_failure(&e),
         },
-        Command::Healthcheck(args) => healthcheck(args).await,
+        Command::Healthcheck(args) => healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters(cli.config, cmd).await,
     }
 }
@@ -270,10 +270,12 @@ pub fn default_health_url(listen: Option<&str>) -> String {
     format!("http://{addr}/healthz")
 }
 
-async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+async fn healthcheck(config_file: Option<PathBuf>, args: HealthcheckArgs) -> ExitCode {
+    let listen = config::process_env("RELAY_LISTEN")
+        .or_else(|| file_setting(config_file.as_deref(), "listen"));
     let url = args
         .url
-        .unwrap_or_else(|| default_health_url(config::process_env("RELAY_LISTEN").as_deref()));
+        .unwrap_or_else(|| default_health_url(listen.as_deref()));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -341,14 +343,18 @@ async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> E
 
 /// The data directory from the environment or the file, without requiring the other settings.
 fn data_dir(config_file: Option<&std::path::Path>) -> PathBuf {
-    if let Some(dir) = config::process_env("RELAY_DATA_DIR") {
-        return PathBuf::from(dir);
-    }
-    config_file
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("data_dir")?.as_str().map(PathBuf::from))
+    config::process_env("RELAY_DATA_DIR")
+        .or_else(|| file_setting(config_file, "data_dir"))
+        .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("./data"))
+}
+
+/// One top-level string setting of the config file, for commands that need only that one
+/// (so they work even where the API key is not available, as in a health check).
+fn file_setting(config_file: Option<&std::path::Path>, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(config_file?).ok()?;
+    let table = text.parse::<toml::Table>().ok()?;
+    table.get(key)?.as_str().map(str::to_owned)
 }
 
 fn print_dead_letters(letters: &[DeadLetter], json: bool) {

@@ -516,6 +516,14 @@ fn duration_setting(
     )
 }
 
+/// A URL for logs and messages: any user name or password in it is left out.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
 fn parse_url(name: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text.trim())
         .map_err(|e| ConfigError::new(name, format!("{text:?} is not a URL ({e})")))?;
@@ -534,7 +542,13 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         std::fs::read_to_string(path).map_err(|e| ConfigError::new(&setting, e.to_string()))?;
     toml::from_str(&text).map_err(|e| {
         // toml's message spans several lines with a caret diagram; one line is what start-up prints.
-        let message = e.message().to_owned();
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         let place = e
             .span()
             .map(|s| {

@@ -216,7 +216,7 @@ impl Delivery {
                 }
                 Err(ApiError::Rejected { status, message }) => {
                     let culprit = culprit(&message, &changes);
-                    tracing::warn!(status, %message, property = culprit.as_deref().unwrap_or("?"), "ProsperStack refused an update");
+                    tracing::warn!(status, message = %crate::prosperstack::redact_emails(&message), property = culprit.as_deref().unwrap_or("?"), "ProsperStack refused an update");
                     let key = match culprit {
                         Some(key) => key,
                         // Nothing names a property: isolate by sending one at a time.

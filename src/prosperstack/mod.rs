@@ -424,7 +424,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Replaces every word containing `@` so an API message quoting an email can be logged.
-fn redact_emails(text: &str) -> String {
+pub(crate) fn redact_emails(text: &str) -> String {
     text.split(' ')
         .map(|word| if word.contains('@') { "[email]" } else { word })
         .collect::<Vec<_>>()
