@@ -381,3 +381,34 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
+
+/// A reference payload as Segment sends it: whitespace outside strings removed, as
+/// `JSON.stringify` writes it (key order kept), so signature test vectors apply.
+pub fn minified(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/segment-payloads/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    // Whitespace outside strings removed, as JSON.stringify writes it (key order kept).
+    let mut out = String::new();
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false
+            } else if c == '\\' {
+                escaped = true
+            } else if c == '"' {
+                in_string = false
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
