@@ -206,7 +206,10 @@ pub fn delivery_for(
             waiting_retry_max: settings.waiting_retry_max,
             retry_window: settings.retry_window,
             create_audience_properties: settings.create_audience_properties,
-            backoff: Backoff::default(),
+            backoff: Backoff {
+                base: settings.retry_backoff_min,
+                cap: settings.retry_backoff_max,
+            },
         },
         wake,
     }

@@ -81,6 +81,8 @@ pub struct Settings {
     pub waiting_retry_min: Duration,
     pub waiting_retry_max: Duration,
     pub retry_window: Duration,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
     pub dedupe_retention: Duration,
     pub drain_deadline: Duration,
     pub coalesce_delay: Duration,
@@ -142,6 +144,8 @@ struct DeliveryFile {
     waiting_retry_min: Option<String>,
     waiting_retry_max: Option<String>,
     retry_window: Option<String>,
+    retry_backoff_min: Option<String>,
+    retry_backoff_max: Option<String>,
     dedupe_retention: Option<String>,
     drain_deadline: Option<String>,
     coalesce_delay: Option<String>,
@@ -444,6 +448,20 @@ impl Settings {
                 del.retry_window,
                 24 * 3600,
             )?,
+            retry_backoff_min: duration_setting(
+                &l,
+                "delivery.retry_backoff_min",
+                "RELAY_RETRY_BACKOFF_MIN",
+                del.retry_backoff_min,
+                1,
+            )?,
+            retry_backoff_max: duration_setting(
+                &l,
+                "delivery.retry_backoff_max",
+                "RELAY_RETRY_BACKOFF_MAX",
+                del.retry_backoff_max,
+                600,
+            )?,
             dedupe_retention: duration_setting(
                 &l,
                 "delivery.dedupe_retention",
@@ -491,6 +509,12 @@ impl Settings {
                     format!("{name:?} = {key:?}: trait names and property keys must not be empty"),
                 ));
             }
+        }
+        if self.retry_backoff_min > self.retry_backoff_max || self.retry_backoff_min.is_zero() {
+            return Err(ConfigError::new(
+                "delivery.retry_backoff_min (RELAY_RETRY_BACKOFF_MIN)",
+                "must be more than 0 and not more than delivery.retry_backoff_max",
+            ));
         }
         if self.waiting_retry_min > self.waiting_retry_max {
             return Err(ConfigError::new(

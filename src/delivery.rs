@@ -30,6 +30,9 @@ use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
 use crate::store::{now_ms, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError};
 
+/// Longest pause of the whole worker after a failed round.
+const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
+
 /// Jobs read from the store at a time.
 const BATCH: usize = 200;
 
@@ -79,7 +82,13 @@ impl Delivery {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery round failed; retrying");
-                    let delay = retry::backoff(&self.settings.backoff, failures, rand::random());
+                    // Probing a ProsperStack that is down costs a request: back off, but keep
+                    // probing at least every minute so recovery is noticed soon.
+                    let policy = Backoff {
+                        base: self.settings.backoff.base,
+                        cap: self.settings.backoff.cap.min(WORKER_BACKOFF_CAP),
+                    };
+                    let delay = retry::backoff(&policy, failures, rand::random());
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
@@ -125,10 +134,15 @@ impl Delivery {
             );
         }
         let mut handled = 0;
-        for job in jobs {
+        for listed in jobs {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Sending a batch takes minutes at 100 requests a minute: re-read the job so the
+            // events queued since it was listed join its update instead of needing another.
+            let Some(job) = self.store.job(&listed.email).await? else {
+                continue;
+            };
             let (result, trouble) = self.deliver(&job, &catalogue).await;
             self.store.finish(vec![result], now_ms()).await?;
             handled += 1;

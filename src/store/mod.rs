@@ -165,6 +165,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<IngestOutcome>, StoreError>;
     /// Jobs due at `now_ms`, oldest first, at most `limit`.
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// One email's job as it is now (events queued since it was listed included), if any.
+    async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     /// Records the results of delivery attempts, all in one transaction.

@@ -235,6 +235,20 @@ impl Store for SqliteStore {
         self.call(move |c, _| due_jobs(c, now_ms, limit)).await
     }
 
+    async fn job(&self, email: &str) -> Result<Option<Job>, StoreError> {
+        let email = email.to_owned();
+        self.call(move |c, _| {
+            let head = c
+                .prepare_cached(
+                    "SELECT email, attempts, first_queued_ms, waiting_since_ms FROM jobs WHERE email = ?1",
+                )?
+                .query_row([&email], job_head)
+                .optional()?;
+            head.map(|h| load_job(c, h)).transpose()
+        })
+        .await
+    }
+
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.call(
             |c, _| Ok(c.query_row("SELECT MIN(next_attempt_ms) FROM jobs", [], |r| r.get(0))?),
@@ -498,28 +512,29 @@ fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Job>, Store
          WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, first_queued_ms LIMIT ?2",
     )?;
     let heads = stmt
-        .query_map(params![now_ms, limit as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?
+        .query_map(params![now_ms, limit as i64], job_head)?
         .collect::<Result<Vec<_>, _>>()?;
-    heads
-        .into_iter()
-        .map(|(email, attempts, first_queued_ms, waiting_since_ms)| {
-            Ok(Job {
-                events: queued_events(c, &email)?,
-                applied: applied(c, &email)?,
-                email,
-                attempts,
-                first_queued_ms,
-                waiting_since_ms,
-            })
-        })
-        .collect()
+    heads.into_iter().map(|h| load_job(c, h)).collect()
+}
+
+type JobHead = (String, u32, i64, Option<i64>);
+
+fn job_head(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobHead> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn load_job(
+    c: &Connection,
+    (email, attempts, first_queued_ms, waiting_since_ms): JobHead,
+) -> Result<Job, StoreError> {
+    Ok(Job {
+        events: queued_events(c, &email)?,
+        applied: applied(c, &email)?,
+        email,
+        attempts,
+        first_queued_ms,
+        waiting_since_ms,
+    })
 }
 
 fn queued_events(c: &Connection, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {

@@ -77,6 +77,8 @@ pub fn settings(sandbox_url: &str, data_dir: &std::path::Path, extra: &[(&str, &
         ("RELAY_WAITING_RETRY_MAX", "1s"),
         ("RELAY_NEGATIVE_CACHE_TTL", "100ms"),
         ("RELAY_DRAIN_DEADLINE", "5s"),
+        ("RELAY_RETRY_BACKOFF_MIN", "50ms"),
+        ("RELAY_RETRY_BACKOFF_MAX", "1s"),
         ("PROSPERSTACK_REQUEST_TIMEOUT", "5s"),
     ]
     .iter()
@@ -411,4 +413,61 @@ pub fn minified(name: &str) -> String {
         }
     }
     out
+}
+
+/// An RFC 3339 time `offset_secs` after a fixed base (2024-06-01T00:00:00Z), for event timestamps.
+pub fn event_time(offset_secs: i64) -> String {
+    chrono::DateTime::from_timestamp(1_717_200_000 + offset_secs, 0)
+        .expect("a valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An Engage audience Identify: `email` entered (`member`) or exited the audience `key`.
+pub fn audience_event(message_id: &str, email: &str, key: &str, member: bool, ts: &str) -> Value {
+    serde_json::json!({
+        "type": "identify",
+        "userId": format!("user-{email}"),
+        "messageId": message_id,
+        "timestamp": ts,
+        "traits": { "email": email, key: member },
+        "context": { "personas": { "computation_class": "audience", "computation_key": key } },
+    })
+}
+
+/// Runs the relay binary with only `env` (nothing inherited) and `args`; answers its output.
+pub async fn run_cli(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prosperstack-relay"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .await
+        .expect("the relay binary runs")
+}
+
+/// The dead letters in a relay's data directory, as `dead-letters list --json` prints them.
+pub async fn dead_letters_cli(data_dir: &std::path::Path) -> Vec<Value> {
+    let dir = data_dir.display().to_string();
+    let out = run_cli(
+        &[("RELAY_DATA_DIR", dir.as_str())],
+        &["dead-letters", "list", "--json"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "dead-letters list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dead-letters list --json prints a JSON array")
+}
+
+/// A second handle on a running relay's store (no directory lock), to watch its queue.
+pub fn shared_store(data_dir: &std::path::Path) -> prosperstack_relay::store::SqliteStore {
+    prosperstack_relay::store::SqliteStore::open_shared(data_dir).expect("open the relay's store")
+}
+
+/// Whether every queued event has left the queue (delivered or dead-lettered).
+pub async fn queue_empty(store: &prosperstack_relay::store::SqliteStore) -> bool {
+    use prosperstack_relay::store::Store;
+    store.stats().await.map(|s| s.events == 0).unwrap_or(false)
 }
