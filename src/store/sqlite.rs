@@ -313,38 +313,7 @@ impl Store for SqliteStore {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.call(|c, _| {
-            let mut stmt = c.prepare(
-                "SELECT id, email, reason, attempts, created_ms, properties, events
-                 FROM dead_letters ORDER BY id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, email, reason, attempts, created_ms, properties, events) = row?;
-                out.push(DeadLetter {
-                    id,
-                    email,
-                    reason,
-                    attempts,
-                    created_ms,
-                    properties: from_json(&properties)?,
-                    events: from_json(&events)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.call(|c, _| read_dead_letters(c)).await
     }
 
     async fn replay_dead_letters(
@@ -352,12 +321,12 @@ impl Store for SqliteStore {
         ids: Option<Vec<i64>>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        let letters = self.dead_letters().await?;
-        let chosen: Vec<DeadLetter> = letters
-            .into_iter()
-            .filter(|d| ids.as_ref().is_none_or(|ids| ids.contains(&d.id)))
-            .collect();
+        // Read, re-queue and delete in one transaction, so two replays cannot queue twice.
         self.call(move |c, o| {
+            let chosen: Vec<DeadLetter> = read_dead_letters(c)?
+                .into_iter()
+                .filter(|d| ids.as_ref().is_none_or(|ids| ids.contains(&d.id)))
+                .collect();
             for letter in &chosen {
                 requeue(c, o, letter, now_ms)?;
                 c.execute("DELETE FROM dead_letters WHERE id = ?1", [letter.id])?;
@@ -376,6 +345,41 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn read_dead_letters(c: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT id, email, reason, attempts, created_ms, properties, events
+         FROM dead_letters ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(
+            |(id, email, reason, attempts, created_ms, properties, events)| {
+                Ok(DeadLetter {
+                    id,
+                    email,
+                    reason,
+                    attempts,
+                    created_ms,
+                    properties: from_json(&properties)?,
+                    events: from_json(&events)?,
+                })
+            },
+        )
+        .collect()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -681,19 +685,51 @@ fn add_dead_letter(
     Ok(())
 }
 
-/// Puts a dead letter's original events back in the queue under its email, bypassing
-/// dedupe (they were seen, on purpose).
+/// Puts a dead letter back in the queue under its email, bypassing dedupe (its events were
+/// seen, on purpose). A whole-update dead letter re-queues its original events; a dead letter
+/// for refused properties re-queues only those properties, with the time of the latest
+/// original event, so replaying it cannot bring back older values of other properties.
 fn requeue(
     c: &Connection,
     o: &StoreOptions,
     letter: &DeadLetter,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    for raw in &letter.events {
-        let Ok(Event::Identify(update)) = identify::normalise(raw, now_ms) else {
-            continue;
+    let originals: Vec<(IdentifyUpdate, String)> = letter
+        .events
+        .iter()
+        .filter_map(|raw| match identify::normalise(raw, now_ms) {
+            Ok(Event::Identify(update)) => Some((update, raw.to_string())),
+            _ => None,
+        })
+        .collect();
+    if letter.properties.is_empty() {
+        for (update, raw) in &originals {
+            enqueue(c, o, update, &letter.email, raw, now_ms)?;
+        }
+    } else {
+        let latest = originals
+            .iter()
+            .map(|(u, _)| u.timestamp_ms)
+            .max()
+            .unwrap_or(now_ms);
+        let update = IdentifyUpdate {
+            message_id: format!("replay-{}-{now_ms}", letter.id),
+            user_id: None,
+            anonymous_id: None,
+            email: Some(letter.email.clone()),
+            timestamp_ms: latest,
+            traits: letter.properties.clone(),
+            engage: None,
         };
-        enqueue(c, o, &update, &letter.email, &raw.to_string(), now_ms)?;
+        enqueue(
+            c,
+            o,
+            &update,
+            &letter.email,
+            &to_json(&letter.events)?,
+            now_ms,
+        )?;
     }
     // A job that was waiting keeps its place; a replay should be tried now.
     c.execute(

@@ -282,3 +282,38 @@ async fn survives_reopen() {
     let s = reopened.expect("reopened");
     assert_eq!(s.stats().await.unwrap().events, 1);
 }
+
+/// Replaying a dead letter for one refused property re-queues only that property, at the time
+/// of its latest original event.
+#[tokio::test]
+async fn property_dead_letter_replays_only_that_property() {
+    let (_d, s) = open();
+    s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1000)], 5)
+        .await
+        .unwrap();
+    s.finish(
+        vec![JobResult {
+            email: "a@x.io".into(),
+            up_to_event_id: 1,
+            outcome: JobOutcome::Delivered {
+                applied: vec![("plan".into(), 1000)],
+                rejected: vec![RejectedProperty {
+                    key: "score".into(),
+                    value: json!("42"),
+                    reason: "400: expected a number".into(),
+                }],
+                attempts: 1,
+            },
+        }],
+        6,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.replay_dead_letters(Some(vec![1]), 10).await.unwrap(), 1);
+    let job = s.due_jobs(10, 10).await.unwrap().remove(0);
+    assert_eq!(job.events.len(), 1);
+    assert_eq!(json!(job.events[0].traits), json!({"score": "42"}));
+    assert_eq!(job.events[0].timestamp_ms, 1000);
+    // Replaying again finds nothing: the dead letter is gone.
+    assert_eq!(s.replay_dead_letters(None, 11).await.unwrap(), 0);
+}
