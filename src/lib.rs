@@ -1,5 +1,6 @@
 //! prosperstack-relay: Segment Identify calls in, ProsperStack subscriber custom properties out.
 pub mod app;
+pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod config;
