@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::harness::{
-    relay_settings, scrape, start_sandbox, RequestKind, RunInfo, RunningRelay, Target, TempDir,
-};
+use super::diagnosis::{diagnose, Diagnosis};
+use super::harness::{relay_settings, scrape, start_sandbox, RunningRelay, TempDir};
+use super::measure::{RunInfo, Target};
 use super::naive::{self, KindCounts, NaiveRun};
-use super::workload::{pair_of, Spec, Workload, AUDIENCES};
+use super::workload::{Spec, Workload, AUDIENCES};
 use super::{BenchError, Report};
 use crate::store::{SqliteStore, Store};
 
@@ -151,36 +151,6 @@ pub struct RelayRun {
     pub relay_metrics: BTreeMap<String, u64>,
 }
 
-/// Where the requests above the floor went, and when.
-#[derive(Debug, Default, Serialize)]
-pub struct Diagnosis {
-    /// Directory walks: (start, pages) in seconds since the first event was posted.
-    pub walks: Vec<(f64, u64)>,
-    pub subscribers_updated: usize,
-    /// Updates beyond the first for a subscriber.
-    pub repeat_updates: usize,
-    /// …of which the subscriber had an event posted after its previous update.
-    pub repeat_updates_after_late_event: usize,
-    /// …of which went out while ingest was still running.
-    pub repeat_updates_during_ingest: usize,
-    /// …of which the previous update was among the first 200 updates of the run (delivery
-    /// reads 200 due jobs at a time: the first round).
-    pub repeat_updates_after_first_round: usize,
-    /// When the previous updates of repeat-updated subscribers went out (min, max seconds).
-    pub repeat_previous_update_secs: Option<(f64, f64)>,
-    /// When the last event of each repeat-updated subscriber was acknowledged (min, max seconds).
-    pub repeat_last_event_acked_secs: Option<(f64, f64)>,
-    /// Updates to subscribers none of whose values change.
-    pub updates_to_unchanged: usize,
-    pub lookups_during_ingest: usize,
-    pub lookups_after_ingest: usize,
-    /// Longest pause between two upstream requests after the first one.
-    pub longest_gap_secs: f64,
-    pub longest_gap_at_secs: f64,
-    /// Upstream requests per second of the run (from the first event posted).
-    pub per_second: Vec<u64>,
-}
-
 pub async fn run(args: EngageArgs) -> Result<EngageReport, BenchError> {
     if !(args.window_secs.is_finite() && args.window_secs > 0.0) || args.requests == 0 {
         return Err(BenchError::Setup(
@@ -266,9 +236,9 @@ pub async fn run(args: EngageArgs) -> Result<EngageReport, BenchError> {
 
 /// What one batch's POST saw.
 #[derive(Clone, Debug, Default)]
-struct Posted {
-    sent: Duration,
-    acked: Duration,
+pub struct Posted {
+    pub sent: Duration,
+    pub acked: Duration,
     accepted: u64,
     duplicates: u64,
     rejected: u64,
@@ -454,95 +424,6 @@ fn subscriber_indexes(sandbox: &crate::sandbox::Sandbox) -> HashMap<String, usiz
         .collect()
 }
 
-/// Reads the request log against the ingest timeline.
-fn diagnose(
-    log: &[super::harness::Recorded],
-    workload: &Workload,
-    batches: &[(Vec<usize>, String)],
-    posted: &[Posted],
-    ids: &HashMap<String, usize>,
-    start: Duration,
-    ingest_end: Duration,
-) -> Diagnosis {
-    let secs = |d: Duration| d.saturating_sub(start).as_secs_f64();
-    let mut d = Diagnosis::default();
-    // When each subscriber's change-bearing events were sent and acknowledged.
-    let mut event_times: HashMap<usize, Vec<(Duration, Duration)>> = HashMap::new();
-    for ((pairs, _), p) in batches.iter().zip(posted) {
-        for &id in pairs {
-            if !workload.preset[id] {
-                event_times
-                    .entry(pair_of(id).subscriber)
-                    .or_default()
-                    .push((p.sent, p.acked));
-            }
-        }
-    }
-    let mut updates: HashMap<usize, Vec<Duration>> = HashMap::new();
-    let mut all_updates = Vec::new();
-    let mut previous: Option<Duration> = None;
-    for r in log {
-        if let Some(prev) = previous {
-            let gap = r.at.saturating_sub(prev).as_secs_f64();
-            if gap > d.longest_gap_secs {
-                d.longest_gap_secs = gap;
-                d.longest_gap_at_secs = secs(prev);
-            }
-        }
-        previous = Some(r.at);
-        let second = secs(r.at) as usize;
-        if d.per_second.len() <= second {
-            d.per_second.resize(second + 1, 0);
-        }
-        d.per_second[second] += 1;
-        match r.kind {
-            RequestKind::ListPage if r.first_page => d.walks.push((secs(r.at), 1)),
-            RequestKind::ListPage => {
-                if let Some(w) = d.walks.last_mut() {
-                    w.1 += 1;
-                }
-            }
-            RequestKind::Lookup if r.at <= ingest_end => d.lookups_during_ingest += 1,
-            RequestKind::Lookup => d.lookups_after_ingest += 1,
-            RequestKind::Update => {
-                all_updates.push(r.at);
-                if let Some(&i) = r.subscriber.as_ref().and_then(|s| ids.get(s)) {
-                    updates.entry(i).or_default().push(r.at);
-                }
-            }
-            _ => {}
-        }
-    }
-    d.subscribers_updated = updates.len();
-    let first_round_end = all_updates.get(199).copied().unwrap_or(Duration::MAX);
-    let widen = |range: &mut Option<(f64, f64)>, v: f64| {
-        *range = Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
-    };
-    for (subscriber, times) in &updates {
-        let events = event_times.get(subscriber);
-        if events.is_none() {
-            d.updates_to_unchanged += times.len();
-        }
-        for pair in times.windows(2) {
-            d.repeat_updates += 1;
-            if events.is_some_and(|e| e.iter().any(|(sent, _)| *sent > pair[0])) {
-                d.repeat_updates_after_late_event += 1;
-            }
-            if pair[1] <= ingest_end {
-                d.repeat_updates_during_ingest += 1;
-            }
-            if pair[0] <= first_round_end {
-                d.repeat_updates_after_first_round += 1;
-            }
-            widen(&mut d.repeat_previous_update_secs, secs(pair[0]));
-            if let Some(last) = events.and_then(|e| e.iter().map(|(_, acked)| *acked).max()) {
-                widen(&mut d.repeat_last_event_acked_secs, secs(last));
-            }
-        }
-    }
-    d
-}
-
 /// The relay's own counters that explain its spending.
 fn relay_metrics(text: &str) -> BTreeMap<String, u64> {
     [
@@ -595,7 +476,7 @@ impl Report for EngageReport {
         println!();
         self.print_side_by_side();
         println!();
-        self.print_diagnosis();
+        self.relay.diagnosis.print(&self.relay, &self.floor);
         println!();
         Target::print(&self.targets);
     }
@@ -710,58 +591,5 @@ impl EngageReport {
             "sandbox by route: {:?}; answers other than 2xx: {}",
             r.by_route, r.requests.failed
         );
-    }
-
-    fn print_diagnosis(&self) {
-        let d = &self.relay.diagnosis;
-        let extra = self.relay.requests.total as i64 - self.floor.total as i64;
-        println!("where the {extra} requests above the floor went:");
-        println!(
-            "  directory walks: {} (start s, pages): {:?}",
-            d.walks.len(),
-            d.walks
-                .iter()
-                .map(|(t, p)| format!("({t:.1}, {p})"))
-                .collect::<Vec<_>>()
-        );
-        println!(
-            "  list pages beyond the floor's {}: {}",
-            self.floor.list_pages,
-            self.relay.requests.list_pages as i64 - self.floor.list_pages as i64
-        );
-        println!(
-            "  look-ups by email: {} during ingest, {} after",
-            d.lookups_during_ingest, d.lookups_after_ingest
-        );
-        println!(
-            "  updates: {} to {} subscribers ({} change); {} repeat updates, {} of them after an \
-             event for that subscriber was posted later than its previous update, {} while ingest \
-             was still running; {} updates to subscribers with nothing to change",
-            self.relay.requests.updates,
-            d.subscribers_updated,
-            self.floor.changing_subscribers,
-            d.repeat_updates,
-            d.repeat_updates_after_late_event,
-            d.repeat_updates_during_ingest,
-            d.updates_to_unchanged
-        );
-        let range = |r: Option<(f64, f64)>| {
-            r.map(|(lo, hi)| format!("{lo:.2}–{hi:.2} s"))
-                .unwrap_or_else(|| "-".into())
-        };
-        println!(
-            "  repeat updates: {} follow a first update among the run's first 200 (the first \
-             delivery round); previous updates went out at {}; those subscribers' last events \
-             were acknowledged at {} (ingest ended at {:.2} s)",
-            d.repeat_updates_after_first_round,
-            range(d.repeat_previous_update_secs),
-            range(d.repeat_last_event_acked_secs),
-            self.relay.ingest_secs
-        );
-        println!(
-            "  catalogue fetches: {}; longest pause between upstream requests: {:.2} s at {:.1} s",
-            self.relay.requests.catalogue, d.longest_gap_secs, d.longest_gap_at_secs
-        );
-        println!("  relay metrics: {:?}", self.relay.relay_metrics);
     }
 }

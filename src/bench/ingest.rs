@@ -22,11 +22,9 @@ use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::harness::{
-    cpu_between, filesystem_of, ms, relay_settings, scrape, start_sandbox, thread_cpu,
-    thread_writes, RunInfo, RunningRelay, Target, TempDir,
-};
+use super::harness::{relay_settings, scrape, start_sandbox, RunningRelay, TempDir};
 use super::load::{self, BodyMaker, LoadResult};
+use super::measure::{cpu_between, filesystem_of, ms, thread_cpu, thread_writes, RunInfo, Target};
 use super::{BenchError, Report};
 use crate::store::{SqliteStore, Store};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::harness::{ms, quantile};
+use super::measure::{ms, quantile};
 use super::BenchError;
 
 /// Makes the body of request number `n`.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::harness::{filesystem_of, start_sandbox, wait_healthy, RunInfo, Target, TempDir};
+use super::harness::{start_sandbox, wait_healthy, TempDir};
+use super::measure::{filesystem_of, ms, quantile, RunInfo, Target};
 use super::{BenchError, Report};
 use crate::sandbox::SANDBOX_API_KEY;
 
@@ -260,7 +261,7 @@ async fn measure(
         let store = crate::store::SqliteStore::open_shared(dir)?;
         let timed = Instant::now();
         crate::store::Store::stats(&store).await?;
-        super::harness::ms(timed.elapsed())
+        ms(timed.elapsed())
     };
     let targets = vec![Target::at_most(
         &format!("RSS with {} queued", queue_depth),
@@ -306,8 +307,8 @@ async fn probe_latency(http: &reqwest::Client, endpoint: &str, offset: u64) -> P
     latencies.sort_unstable();
     Probe {
         requests: latencies.len(),
-        p50_ms: super::harness::ms(super::harness::quantile(&latencies, 0.5)),
-        max_ms: super::harness::ms(latencies.last().copied().unwrap_or_default()),
+        p50_ms: ms(quantile(&latencies, 0.5)),
+        max_ms: ms(latencies.last().copied().unwrap_or_default()),
     }
 }
 

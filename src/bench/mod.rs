@@ -7,17 +7,22 @@
 //! Every benchmark runs on loopback only, against an in-process ProsperStack sandbox
 //! ([`crate::sandbox`]) and the real relay ([`crate::app::run`], or the real binary for
 //! `memory`), in a temporary data directory removed afterwards. Every loop is bounded in count
-//! and in time. Files: `engage_sync.rs` (requests spent against the floor), `naive.rs` (the
+//! and in time. Files: `engage_sync.rs` (requests spent against the floor), `diagnosis.rs`
+//! (where the requests above it went), `naive.rs` (the
 //! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
 //! workload), `ingest.rs` and `load.rs` (ingest throughput and latency), `memory.rs` (resident
-//! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs, reports).
+//! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs),
+//! `recorder.rs` (the sandbox's request log), `measure.rs` (targets, run info, thread figures).
 
+mod diagnosis;
 mod engage_sync;
 mod harness;
 mod ingest;
 mod load;
+mod measure;
 mod memory;
 mod naive;
+mod recorder;
 mod workload;
 
 use std::process::ExitCode;

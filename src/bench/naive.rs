@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::harness::{start_sandbox, Recorded, RequestKind};
+use super::harness::start_sandbox;
+use super::recorder::{Recorded, RequestKind};
 use super::workload::{pair_of, Workload, AUDIENCES};
 use super::BenchError;
 use crate::budget::Budget;
