@@ -4,7 +4,7 @@
 //! `--sandbox`, against a built-in ProsperStack simulator); `sandbox` runs the simulator alone;
 //! `check-config` validates settings without serving; `healthcheck` asks a running relay's
 //! `/healthz` (for container health checks, no curl needed); `dead-letters` inspects, replays
-//! and purges dead letters in the data directory.
+//! and purges dead letters in the data directory; `bench` runs the benchmarks (`crate::bench`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +44,8 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Run a benchmark (engage-sync, ingest, memory) and print its report.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +122,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         },
         Command::Healthcheck(args) => healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters(cli.config, cmd).await,
+        Command::Bench(args) => crate::bench::main(args).await,
     }
 }
 

@@ -19,6 +19,7 @@
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! [`cli`] (subcommands), and [`sandbox`] (a strict ProsperStack simulator for trials and tests).
 pub mod app;
+pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod config;

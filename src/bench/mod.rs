@@ -1,0 +1,111 @@
+//! Benchmarks a user can run: `prosperstack-relay bench engage-sync|ingest|memory [options]`.
+//!
+//! In: the command line ([`BenchArgs`]). Out: a report on stdout (a table, or JSON with `--json`)
+//! whose figures are compared with the design's targets, and exit code 0 whatever the figures
+//! (a missed target is a finding to read, not a crash); 1 only when a benchmark could not run.
+//!
+//! Every benchmark runs on loopback only, against an in-process ProsperStack sandbox
+//! ([`crate::sandbox`]) and the real relay ([`crate::app::run`], or the real binary for
+//! `memory`), in a temporary data directory removed afterwards. Every loop is bounded in count
+//! and in time. Files: `engage_sync.rs` (requests spent against the floor), `diagnosis.rs`
+//! (where the requests above it went), `naive.rs` (the
+//! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
+//! workload), `ingest.rs` and `load.rs` (ingest throughput and latency), `memory.rs` (resident
+//! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs),
+//! `recorder.rs` (the sandbox's request log), `measure.rs` (targets, run info, thread figures).
+
+mod diagnosis;
+mod engage_sync;
+mod harness;
+mod ingest;
+mod load;
+mod measure;
+mod memory;
+mod naive;
+mod recorder;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+pub use engage_sync::EngageArgs;
+pub use ingest::IngestArgs;
+pub use memory::MemoryArgs;
+
+/// `prosperstack-relay bench …`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub which: Benchmark,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Benchmark {
+    /// Upstream requests, 429s and drain time for an Engage audience sync, against the floor
+    /// and against a naive relay (look-up + update per event).
+    EngageSync(EngageArgs),
+    /// Ingest throughput and latency of the relay (durable acknowledgement) against a bare
+    /// axum handler, then p99 latency at a fixed rate.
+    Ingest(IngestArgs),
+    /// Resident memory of the real binary with a large queue and upstream down.
+    Memory(MemoryArgs),
+}
+
+/// Runs the chosen benchmark and prints its report.
+pub async fn main(args: BenchArgs) -> ExitCode {
+    // The relay runs in-process: its logs would drown the report, so they are off unless asked.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::telemetry::init(crate::config::LogFormat::Text);
+    }
+    let result = match args.which {
+        Benchmark::EngageSync(a) => engage_sync::run(a).await.map(|r| emit(&r, args.json)),
+        Benchmark::Ingest(a) => ingest::run(a).await.map(|r| emit(&r, args.json)),
+        Benchmark::Memory(a) => memory::run(a).await.map(|r| emit(&r, args.json)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A report prints itself as text; `--json` prints its serde form.
+trait Report: serde::Serialize {
+    fn print_text(&self);
+}
+
+fn emit(report: &impl Report, json: bool) {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot render the report as JSON: {e}"),
+        }
+    } else {
+        report.print_text();
+    }
+}
+
+/// Why a benchmark could not run (not: a missed target).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("ProsperStack client: {0}")]
+    Api(#[from] crate::prosperstack::ApiError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+}
