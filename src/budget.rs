@@ -116,11 +116,13 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<
 ///
 /// Governor's GCRA admits at most `burst + floor(L / period)` cells in any closed interval of
 /// length `L` (the burst, then one cell per period). To keep that at or under `requests` for
-/// `L = window`: `burst = 1` and `period = window / (requests - 1)`, rounded UP to the
-/// nanosecond so rounding can never add a cell. For 100 per minute that is one request every
-/// 606.1 ms: at most 1 + 99 = 100 in any minute. A larger burst would admit the same number per
-/// window but sustain fewer (`requests - burst` per window): the relay is a steady consumer of a
-/// backlog, where the sustained rate is what drains it, so the burst is kept at one.
+/// `L = window`: `burst = max(1, requests / 50)` and `period = window / (requests - burst)`,
+/// rounded UP to the nanosecond so rounding can never add a cell. For 100 per minute that is a
+/// burst of 2 and one request every 612.2 ms: at most 2 + 98 = 100 in any minute.
+/// Why so small a burst: the relay is a steady consumer of a backlog, and the sustained rate
+/// (`requests - burst` per window) is what drains it, so a larger burst would cost throughput;
+/// but a burst of at least 2 lets a request that woke a little late (timer granularity) be
+/// made up by the next one instead of the slot being lost.
 /// With `requests = 1` the burst alone is the quota, so the period must be strictly longer than
 /// the window (`window + 1 ns`), else both ends of a closed window could hold a cell.
 /// Degenerate input (0 requests, zero window) is raised to 1 request per 1 ms rather than
@@ -128,7 +130,7 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<
 pub fn quota_for(requests: u32, window: Duration) -> (u32, Duration) {
     let requests = requests.max(1);
     let window = window.max(Duration::from_millis(1));
-    let burst = 1;
+    let burst = (requests / 50).max(1);
     let spaced = requests - burst;
     if spaced == 0 {
         return (burst, window + Duration::from_nanos(1));
@@ -286,11 +288,11 @@ mod tests {
         }
     }
 
-    /// Concrete quotas: 100/min is one request, then one per 606.1 ms; 1/s waits just over 1 s.
+    /// Concrete quotas: 100/min is a burst of 2 then one per 612.2 ms; 1/s waits just over 1 s.
     #[test]
     fn quota_table() {
         let cases = [
-            (100, 60_000, 1, Duration::from_nanos(606_060_607)),
+            (100, 60_000, 2, Duration::from_nanos(612_244_898)),
             (10, 1_000, 1, Duration::from_nanos(111_111_112)),
             (2, 1_000, 1, Duration::from_secs(1)),
             (1, 1_000, 1, Duration::from_nanos(1_000_000_001)),

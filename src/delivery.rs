@@ -113,7 +113,10 @@ impl Delivery {
     }
 
     /// Delivers one batch of due jobs; answers how many were handled.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<usize, DeliveryError> {
+    pub async fn run_once(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, DeliveryError> {
         let jobs = self.store.due_jobs(now_ms(), BATCH).await?;
         if jobs.is_empty() {
             return Ok(0);
@@ -133,18 +136,14 @@ impl Delivery {
                 "walked the subscriber directory"
             );
         }
+        // One job at a time: a job waiting at the budget would hold a snapshot of its events,
+        // and events arriving meanwhile would need a second update.
         let mut handled = 0;
         for listed in jobs {
             if shutdown.is_cancelled() {
                 break;
             }
-            // Sending a batch takes minutes at 100 requests a minute: re-read the job so the
-            // events queued since it was listed join its update instead of needing another.
-            let Some(job) = self.store.job(&listed.email).await? else {
-                continue;
-            };
-            let (result, trouble) = self.deliver(&job, &catalogue).await;
-            self.store.finish(vec![result], now_ms()).await?;
+            let trouble = self.deliver_current(&listed.email, &catalogue).await?;
             handled += 1;
             if let Some(error) = trouble {
                 // ProsperStack itself is failing: the other jobs would fail the same way and
@@ -153,6 +152,22 @@ impl Delivery {
             }
         }
         Ok(handled)
+    }
+
+    /// Delivers one email's job as it is now and records the result. Sending a batch takes
+    /// minutes at 100 requests a minute, so the job is re-read: events queued since it was
+    /// listed join its update instead of needing another.
+    async fn deliver_current(
+        &self,
+        email: &str,
+        catalogue: &Arc<Catalogue>,
+    ) -> Result<Option<ApiError>, StoreError> {
+        let Some(job) = self.store.job(email).await? else {
+            return Ok(None);
+        };
+        let (result, trouble) = self.deliver(&job, catalogue).await;
+        self.store.finish(vec![result], now_ms()).await?;
+        Ok(trouble)
     }
 
     /// One job: plan, resolve, send; never fails, every failure is an outcome.
