@@ -145,14 +145,31 @@ impl Diagnosis {
         let d = self;
         let extra = relay.requests.total as i64 - floor.total as i64;
         println!("where the {extra} requests above the floor went:");
+        let shown: Vec<String> = d
+            .walks
+            .iter()
+            .take(10)
+            .map(|(t, p)| format!("{p} pages at {t:.1} s"))
+            .collect();
+        let more = d.walks.len().saturating_sub(shown.len());
         println!(
-            "  directory walks: {} (start s, pages): {:?}",
+            "  directory walks: {}: {}{}",
             d.walks.len(),
-            d.walks
-                .iter()
-                .map(|(t, p)| format!("({t:.1}, {p})"))
-                .collect::<Vec<_>>()
+            shown.join(", "),
+            if more > 0 {
+                format!(", … {more} more (all in --json)")
+            } else {
+                String::new()
+            }
         );
+        let whole = floor.list_pages as u64;
+        let partial = d.walks.iter().filter(|(_, p)| *p < whole).count();
+        if partial > 0 {
+            println!(
+                "    {partial} walk(s) stopped before the directory's {whole} pages; each walk starts \
+                 again at page 1"
+            );
+        }
         println!(
             "  list pages beyond the floor's {}: {}",
             floor.list_pages,

@@ -22,7 +22,7 @@ impl Target {
         Target {
             name: name.to_owned(),
             target: format!("≤ {limit}{unit}"),
-            value: format!("{value:.3}{unit}"),
+            value: format!("{value:.4}{unit}"),
             met: value <= limit,
         }
     }
@@ -41,7 +41,7 @@ impl Target {
         Target {
             name: name.to_owned(),
             target: format!("≥ {limit}{unit}"),
-            value: format!("{value:.3}{unit}"),
+            value: format!("{value:.4}{unit}"),
             met: value >= limit,
         }
     }

@@ -109,3 +109,29 @@ pub enum BenchError {
     #[error("sandbox: {0}")]
     Sandbox(#[from] crate::sandbox::SandboxError),
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// The documented command lines parse, `--json` before or after the benchmark's name.
+    #[test]
+    fn parses_bench_commands() {
+        let cli =
+            Cli::try_parse_from(["p", "bench", "--json", "engage-sync", "--subscribers", "10"])
+                .expect("parses");
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench")
+        };
+        assert!(args.json);
+        assert!(Cli::try_parse_from(["p", "bench", "ingest", "--seconds", "3", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["p", "bench", "memory", "--events", "1000"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["p", "bench", "engage-sync", "--set", "A=b", "--set", "C=d"])
+                .is_ok()
+        );
+        assert!(Cli::try_parse_from(["p", "bench", "nonsense"]).is_err());
+    }
+}
