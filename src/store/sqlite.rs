@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
@@ -88,6 +88,7 @@ pub struct StoreOptions {
 #[derive(Clone)]
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
+    reader: Arc<std::sync::Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -125,16 +126,29 @@ impl SqliteStore {
             None
         };
         let conn = Connection::open(dir.join("relay.db"))?;
+        // temp_store=MEMORY keeps each request's savepoint journal off the disk: it is only
+        // for rolling one request back, the WAL is what makes a commit durable.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+             PRAGMA temp_store=MEMORY;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        // Queue figures are counted on a reader of their own: WAL lets it read while the
+        // writer commits, so a count over a million queued events never holds up ingest.
+        let reader = Connection::open_with_flags(
+            dir.join("relay.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.execute_batch("PRAGMA busy_timeout=5000;")?;
         let (tx, rx) = mpsc::channel::<Op>();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, rx, lock, options))
             .map_err(|e| data_dir_error(e.to_string()))?;
-        Ok(SqliteStore { ops: tx })
+        Ok(SqliteStore {
+            ops: tx,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+        })
     }
 
     /// Runs `f` in the writer's current transaction and answers after the commit.
@@ -227,8 +241,21 @@ impl Store for SqliteStore {
         events: Vec<Incoming>,
         now_ms: i64,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        self.call(move |c, o| events.iter().map(|e| ingest_one(c, o, e, now_ms)).collect())
-            .await
+        let encoded = events
+            .iter()
+            .map(|e| match &e.event {
+                Event::Identify(update) => Encoded::of(update).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.call(move |c, o| {
+            events
+                .iter()
+                .zip(&encoded)
+                .map(|(e, enc)| ingest_one(c, o, e, enc.as_ref(), now_ms))
+                .collect()
+        })
+        .await
     }
 
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
@@ -267,21 +294,13 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        self.call(|c, _| {
-            let (events, oldest) =
-                c.query_row("SELECT COUNT(*), MIN(received_ms) FROM events", [], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
-                })?;
-            let subscribers: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
-            let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
-            Ok(QueueStats {
-                events: events as u64,
-                subscribers: subscribers as u64,
-                oldest_received_ms: oldest,
-                dead_letters: dead as u64,
-            })
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            queue_stats(&c)
         })
         .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -347,6 +366,26 @@ impl Store for SqliteStore {
     }
 }
 
+fn queue_stats(c: &Connection) -> Result<QueueStats, StoreError> {
+    let events: i64 = c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+    // Ids grow with arrival, so the oldest event is the first by id: no scan needed.
+    let oldest: Option<i64> = c
+        .query_row(
+            "SELECT received_ms FROM events ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let subscribers: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+    let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+    Ok(QueueStats {
+        events: events as u64,
+        subscribers: subscribers as u64,
+        oldest_received_ms: oldest,
+        dead_letters: dead as u64,
+    })
+}
+
 fn read_dead_letters(c: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = c.prepare(
         "SELECT id, email, reason, attempts, created_ms, properties, events
@@ -390,45 +429,31 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn seen_before(c: &Connection, message_id: &str) -> Result<bool, StoreError> {
-    Ok(c.query_row(
-        "SELECT 1 FROM seen WHERE message_id = ?1",
-        [message_id],
-        |_| Ok(()),
-    )
-    .optional()?
-    .is_some())
-}
-
-fn mark_seen(c: &Connection, message_id: &str, now_ms: i64) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT OR IGNORE INTO seen (message_id, seen_ms) VALUES (?1, ?2)",
-        params![message_id, now_ms],
-    )?;
-    Ok(())
+/// Records a message id as seen; answers false when it was seen before (a duplicate).
+fn claim_message_id(c: &Connection, message_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let inserted = c
+        .prepare_cached("INSERT OR IGNORE INTO seen (message_id, seen_ms) VALUES (?1, ?2)")?
+        .execute(params![message_id, now_ms])?;
+    Ok(inserted == 1)
 }
 
 fn remembered_email(c: &Connection, user_id: &str) -> Result<Option<String>, StoreError> {
-    Ok(c.query_row(
-        "SELECT email FROM user_emails WHERE user_id = ?1",
-        [user_id],
-        |r| r.get(0),
+    Ok(
+        c.prepare_cached("SELECT email FROM user_emails WHERE user_id = ?1")?
+            .query_row([user_id], |r| r.get(0))
+            .optional()?,
     )
-    .optional()?)
 }
 
 fn ingest_one(
     c: &Connection,
     o: &StoreOptions,
     incoming: &Incoming,
+    encoded: Option<&Encoded>,
     now_ms: i64,
 ) -> Result<IngestOutcome, StoreError> {
-    match &incoming.event {
-        Event::Ignored { .. } => Ok(IngestOutcome::Ignored),
-        Event::Identify(update) => {
-            if seen_before(c, &update.message_id)? {
-                return Ok(IngestOutcome::Duplicate);
-            }
+    match (&incoming.event, encoded) {
+        (Event::Identify(update), Some(encoded)) => {
             let email = match (&update.email, &update.user_id) {
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(c, user)? {
@@ -437,29 +462,51 @@ fn ingest_one(
                 },
                 (None, None) => return Ok(IngestOutcome::NoEmail),
             };
-            enqueue(c, o, update, &email, &incoming.raw, now_ms)?;
+            // Claiming the id is the dedupe check: nothing else is written for a duplicate.
+            if !claim_message_id(c, &update.message_id, now_ms)? {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            enqueue(c, o, update, encoded, &email, &incoming.raw, now_ms)?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO user_emails (user_id, email, updated_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT(user_id) DO UPDATE SET email = excluded.email,
                      updated_ms = excluded.updated_ms",
-                    params![user, e, now_ms],
-                )?;
+                )?
+                .execute(params![user, e, now_ms])?;
             }
-            mark_seen(c, &update.message_id, now_ms)?;
             Ok(IngestOutcome::Stored)
         }
-        Event::Delete {
-            message_id,
-            user_id,
-        } => {
-            if seen_before(c, message_id)? {
+        (
+            Event::Delete {
+                message_id,
+                user_id,
+            },
+            _,
+        ) => {
+            if !claim_message_id(c, message_id, now_ms)? {
                 return Ok(IngestOutcome::Duplicate);
             }
             forget_user(c, user_id)?;
-            mark_seen(c, message_id, now_ms)?;
             Ok(IngestOutcome::Forgotten)
         }
+        _ => Ok(IngestOutcome::Ignored),
+    }
+}
+
+/// An update's traits and Engage computation as stored, encoded before they reach the writer
+/// thread (the one thread every commit waits for).
+struct Encoded {
+    traits: String,
+    engage: Option<String>,
+}
+
+impl Encoded {
+    fn of(update: &IdentifyUpdate) -> Result<Encoded, StoreError> {
+        Ok(Encoded {
+            traits: to_json(&update.traits)?,
+            engage: update.engage.as_ref().map(to_json).transpose()?,
+        })
     }
 }
 
@@ -467,11 +514,11 @@ fn enqueue(
     c: &Connection,
     o: &StoreOptions,
     update: &IdentifyUpdate,
+    encoded: &Encoded,
     email: &str,
     raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let engage = update.engage.as_ref().map(to_json).transpose()?;
     c.prepare_cached(
         "INSERT INTO events (message_id, email, user_id, ts_ms, received_ms, traits, engage, raw)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -482,8 +529,8 @@ fn enqueue(
         update.user_id,
         update.timestamp_ms,
         now_ms,
-        to_json(&update.traits)?,
-        engage,
+        encoded.traits,
+        encoded.engage,
         raw
     ])?;
     // An existing job keeps its schedule: new events must not cut short a backoff.
@@ -705,7 +752,15 @@ fn requeue(
         .collect();
     if letter.properties.is_empty() {
         for (update, raw) in &originals {
-            enqueue(c, o, update, &letter.email, raw, now_ms)?;
+            enqueue(
+                c,
+                o,
+                update,
+                &Encoded::of(update)?,
+                &letter.email,
+                raw,
+                now_ms,
+            )?;
         }
     } else {
         let latest = originals
@@ -722,10 +777,12 @@ fn requeue(
             traits: letter.properties.clone(),
             engage: None,
         };
+        let encoded = Encoded::of(&update)?;
         enqueue(
             c,
             o,
             &update,
+            &encoded,
             &letter.email,
             &to_json(&letter.events)?,
             now_ms,
