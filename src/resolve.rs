@@ -11,9 +11,10 @@
 //! listing has been seen (pages of the last complete walk); before that it is estimated as one
 //! page per 100 unresolved emails. The batch delivery is about to send is a sample of the
 //! backlog; a walk stops early once it has found every email it was after (when the batch is the
-//! whole backlog), or when, after three pages, its pages are resolving fewer than one backlog
-//! email each (the sample's hits scaled up to the backlog): the directory is much larger than
-//! the backlog and look-ups are cheaper. Such a walk records the directory as at least twice the
+//! whole backlog), or when its pages are resolving fewer than one backlog email each (the
+//! sample's hits scaled up to the backlog; judged after three pages, or later for a small sample,
+//! once a paying walk would have found about three of its emails): the directory is much larger
+//! than the backlog and look-ups are cheaper. Such a walk records the directory as at least twice the
 //! backlog's size, so another walk waits until the backlog has grown that large.
 //! After a complete walk, emails it did not find are cached as missing.
 
@@ -217,8 +218,10 @@ impl Resolver {
                 break;
             }
             // Each page must resolve at least one backlog email (the sample's hits scaled up to
-            // the backlog) to beat looking emails up one by one.
-            let not_paying = report.pages >= PAGES_BEFORE_JUDGING
+            // the backlog) to beat looking emails up one by one. A small sample says little:
+            // judge only once a paying walk would have found about three of its emails.
+            let judge_after = (3.0 * scale).max(PAGES_BEFORE_JUDGING as f64);
+            let not_paying = report.pages as f64 >= judge_after
                 && (report.found as f64 * scale) < report.pages as f64;
             if (stop_when_found && remaining.is_empty()) || not_paying {
                 break;

@@ -109,3 +109,46 @@ async fn skips_updates_that_change_nothing() {
         Some(json!(true))
     );
 }
+
+/// With a directory far larger than the backlog, a walk stops once it is not paying and the
+/// rest is looked up one by one: a few list pages, not the whole directory.
+#[tokio::test]
+async fn walk_stops_when_the_directory_dwarfs_the_backlog() {
+    let sb = demo_sandbox().await;
+    for i in 0..20_000 {
+        sb.sandbox
+            .create_subscriber(&format!("bystander{i}@example.com"), "B");
+    }
+    // The wanted subscribers sit at the end of the directory.
+    let emails: Vec<String> = (0..100).map(|i| format!("late{i}@example.com")).collect();
+    for e in &emails {
+        sb.sandbox.create_subscriber(e, "L");
+    }
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let events: Vec<_> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            identify(
+                &format!("d{i}"),
+                e,
+                json!({"plan": "Pro"}),
+                "2024-06-01T00:00:00Z",
+            )
+        })
+        .collect();
+    assert_eq!(relay.post_json(&json!(events)).await.0, 200);
+    assert!(
+        eventually(PATIENCE, || async {
+            emails
+                .iter()
+                .all(|e| property(&sb.sandbox, e, "plan").is_some())
+        })
+        .await
+    );
+    let pages = relay.metric("relay_directory_pages_total").await;
+    let stats = sb.sandbox.stats();
+    // 202 pages would list everyone; 100 look-ups find them directly.
+    assert!((1..=10).contains(&pages), "{pages} pages: {stats:?}");
+    assert_eq!(stats.subscriber_updates, 100, "{stats:?}");
+}
