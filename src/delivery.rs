@@ -113,16 +113,12 @@ impl Delivery {
     }
 
     /// Delivers one batch of due jobs; answers how many were handled.
-    pub async fn run_once(
-        self: &Arc<Self>,
-        shutdown: &CancellationToken,
-    ) -> Result<usize, DeliveryError> {
-        let jobs = self.store.due_jobs(now_ms(), BATCH).await?;
-        if jobs.is_empty() {
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<usize, DeliveryError> {
+        let emails = self.store.due_emails(now_ms(), BATCH).await?;
+        if emails.is_empty() {
             return Ok(0);
         }
         let catalogue = self.catalogue.get(&self.client).await?;
-        let emails: Vec<String> = jobs.iter().map(|j| j.email.clone()).collect();
         let backlog = self.store.stats().await?.subscribers;
         if let Some(walk) = self
             .resolver
@@ -139,11 +135,11 @@ impl Delivery {
         // One job at a time: a job waiting at the budget would hold a snapshot of its events,
         // and events arriving meanwhile would need a second update.
         let mut handled = 0;
-        for listed in jobs {
+        for email in &emails {
             if shutdown.is_cancelled() {
                 break;
             }
-            let trouble = self.deliver_current(&listed.email, &catalogue).await?;
+            let trouble = self.deliver_current(email, &catalogue).await?;
             handled += 1;
             if let Some(error) = trouble {
                 // ProsperStack itself is failing: the other jobs would fail the same way and

@@ -165,6 +165,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<IngestOutcome>, StoreError>;
     /// Jobs due at `now_ms`, oldest first, at most `limit`.
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// The emails of the jobs due at `now_ms`, oldest first, at most `limit`.
+    async fn due_emails(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
     /// One email's job as it is now (events queued since it was listed included), if any.
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.

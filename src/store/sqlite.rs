@@ -262,6 +262,20 @@ impl Store for SqliteStore {
         self.call(move |c, _| due_jobs(c, now_ms, limit)).await
     }
 
+    async fn due_emails(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.call(move |c, _| {
+            let mut stmt = c.prepare_cached(
+                "SELECT email FROM jobs WHERE next_attempt_ms <= ?1
+                 ORDER BY next_attempt_ms, first_queued_ms LIMIT ?2",
+            )?;
+            let emails = stmt
+                .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(emails)
+        })
+        .await
+    }
+
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError> {
         let email = email.to_owned();
         self.call(move |c, _| {
