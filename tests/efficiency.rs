@@ -9,32 +9,10 @@ use serde_json::json;
 #[tokio::test]
 async fn directory_warm_up_replaces_lookups() {
     let sb = demo_sandbox().await;
-    let emails: Vec<String> = (0..250).map(|i| format!("m{i}@example.com")).collect();
-    for e in &emails {
-        sb.sandbox.create_subscriber(e, "M");
-    }
+    let emails = create_members(&sb.sandbox, "m", 250);
     let relay = TestRelay::start(&sb.url, &[]).await;
-    let events: Vec<_> = emails
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            identify(
-                &format!("w{i}"),
-                e,
-                json!({"plan": "Pro"}),
-                "2024-06-01T00:00:00Z",
-            )
-        })
-        .collect();
-    assert_eq!(relay.post_json(&json!(events)).await.0, 200);
-    assert!(
-        eventually(PATIENCE, || async {
-            emails
-                .iter()
-                .all(|e| property(&sb.sandbox, e, "plan").is_some())
-        })
-        .await
-    );
+    assert_eq!(relay.post_json(&plan_events("w", &emails)).await.0, 200);
+    assert!(eventually(PATIENCE, || async { all_have_plan(&sb.sandbox, &emails) }).await);
     let stats = sb.sandbox.stats();
     let lists = stats
         .by_route
@@ -115,37 +93,12 @@ async fn skips_updates_that_change_nothing() {
 #[tokio::test]
 async fn walk_stops_when_the_directory_dwarfs_the_backlog() {
     let sb = demo_sandbox().await;
-    for i in 0..20_000 {
-        sb.sandbox
-            .create_subscriber(&format!("bystander{i}@example.com"), "B");
-    }
+    create_members(&sb.sandbox, "bystander", 20_000);
     // The wanted subscribers sit at the end of the directory.
-    let emails: Vec<String> = (0..100).map(|i| format!("late{i}@example.com")).collect();
-    for e in &emails {
-        sb.sandbox.create_subscriber(e, "L");
-    }
+    let emails = create_members(&sb.sandbox, "late", 100);
     let relay = TestRelay::start(&sb.url, &[]).await;
-    let events: Vec<_> = emails
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            identify(
-                &format!("d{i}"),
-                e,
-                json!({"plan": "Pro"}),
-                "2024-06-01T00:00:00Z",
-            )
-        })
-        .collect();
-    assert_eq!(relay.post_json(&json!(events)).await.0, 200);
-    assert!(
-        eventually(PATIENCE, || async {
-            emails
-                .iter()
-                .all(|e| property(&sb.sandbox, e, "plan").is_some())
-        })
-        .await
-    );
+    assert_eq!(relay.post_json(&plan_events("d", &emails)).await.0, 200);
+    assert!(eventually(PATIENCE, || async { all_have_plan(&sb.sandbox, &emails) }).await);
     let pages = relay.metric("relay_directory_pages_total").await;
     let stats = sb.sandbox.stats();
     // 202 pages would list everyone; 100 look-ups find them directly.

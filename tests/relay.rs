@@ -377,10 +377,7 @@ async fn limiter_never_causes_429() {
         ..SandboxConfig::default()
     })
     .await;
-    let emails: Vec<String> = (0..12).map(|i| format!("member{i}@example.com")).collect();
-    for e in &emails {
-        sb.sandbox.create_subscriber(e, "Member");
-    }
+    let emails = create_members(&sb.sandbox, "member", 12);
     let relay = TestRelay::start(
         &sb.url,
         &[
@@ -389,19 +386,7 @@ async fn limiter_never_causes_429() {
         ],
     )
     .await;
-    let events: Vec<_> = emails
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            identify(
-                &format!("l{i}"),
-                e,
-                json!({"plan": "Pro"}),
-                "2024-06-01T00:00:00Z",
-            )
-        })
-        .collect();
-    assert_eq!(relay.post_json(&json!(events)).await.0, 200);
+    assert_eq!(relay.post_json(&plan_events("l", &emails)).await.0, 200);
     let delivered = eventually(Duration::from_secs(90), || async {
         emails
             .iter()

@@ -471,3 +471,38 @@ pub async fn queue_empty(store: &prosperstack_relay::store::SqliteStore) -> bool
     use prosperstack_relay::store::Store;
     store.stats().await.map(|s| s.events == 0).unwrap_or(false)
 }
+
+/// Creates `count` subscribers `{prefix}{i}@example.com` in the sandbox; answers their emails.
+pub fn create_members(sandbox: &Sandbox, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let email = format!("{prefix}{i}@example.com");
+            sandbox.create_subscriber(&email, "Member");
+            email
+        })
+        .collect()
+}
+
+/// One Identify per email setting `plan` to "Pro", as one array (a Webhooks (Actions) batch).
+pub fn plan_events(id_prefix: &str, emails: &[String]) -> Value {
+    let events: Vec<Value> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            identify(
+                &format!("{id_prefix}{i}"),
+                e,
+                serde_json::json!({"plan": "Pro"}),
+                "2024-06-01T00:00:00Z",
+            )
+        })
+        .collect();
+    Value::Array(events)
+}
+
+/// Whether every email's subscriber has a `plan` value.
+pub fn all_have_plan(sandbox: &Sandbox, emails: &[String]) -> bool {
+    emails
+        .iter()
+        .all(|e| property(sandbox, e, "plan").is_some())
+}

@@ -138,7 +138,10 @@ async fn retry_reschedules() {
     .unwrap();
     assert!(s.due_jobs(999, 10).await.unwrap().is_empty());
     assert!(s.due_emails(999, 10).await.unwrap().is_empty());
-    assert_eq!(s.due_emails(1000, 10).await.unwrap(), vec!["a@x.io".to_string()]);
+    assert_eq!(
+        s.due_emails(1000, 10).await.unwrap(),
+        vec!["a@x.io".to_string()]
+    );
     assert_eq!(s.next_due_ms().await.unwrap(), Some(1000));
     let job = s.due_jobs(1000, 10).await.unwrap().remove(0);
     assert_eq!(job.attempts, 3);
