@@ -9,6 +9,22 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// Records one job's result.
+async fn finish(
+    s: &SqliteStore,
+    email: &str,
+    up_to_event_id: i64,
+    outcome: JobOutcome,
+    now_ms: i64,
+) {
+    let result = JobResult {
+        email: email.to_owned(),
+        up_to_event_id,
+        outcome,
+    };
+    s.finish(vec![result], now_ms).await.expect("finish");
+}
+
 fn identify(message_id: &str, user: Option<&str>, email: Option<&str>, ts: i64) -> Incoming {
     let mut v = json!({"type": "identify", "messageId": message_id, "traits": {"plan": "pro"},
                        "timestamp": chrono::DateTime::from_timestamp_millis(ts).unwrap().to_rfc3339()});
@@ -85,24 +101,22 @@ async fn finish_delivered_keeps_later_events() {
     s.ingest(vec![identify("m2", Some("u1"), Some("a@x.io"), 2)], 6)
         .await
         .unwrap();
-    s.finish(
-        vec![JobResult {
-            email: job.email.clone(),
-            up_to_event_id: job.up_to_event_id(),
-            outcome: JobOutcome::Delivered {
-                applied: vec![("plan".into(), 1)],
-                rejected: vec![RejectedProperty {
-                    key: "n".into(),
-                    value: json!("x"),
-                    reason: "bad".into(),
-                }],
-                attempts: 1,
-            },
-        }],
+    finish(
+        &s,
+        &job.email,
+        job.up_to_event_id(),
+        JobOutcome::Delivered {
+            applied: vec![("plan".into(), 1)],
+            rejected: vec![RejectedProperty {
+                key: "n".into(),
+                value: json!("x"),
+                reason: "bad".into(),
+            }],
+            attempts: 1,
+        },
         7,
     )
-    .await
-    .unwrap();
+    .await;
     let jobs = s.due_jobs(100, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].events.len(), 1);
@@ -121,21 +135,19 @@ async fn retry_reschedules() {
     s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1)], 5)
         .await
         .unwrap();
-    s.finish(
-        vec![JobResult {
-            email: "a@x.io".into(),
-            up_to_event_id: 1,
-            outcome: JobOutcome::RetryAt {
-                at_ms: 1000,
-                attempts: 3,
-                waiting_since_ms: Some(5),
-                error: "503".into(),
-            },
-        }],
+    finish(
+        &s,
+        "a@x.io",
+        1,
+        JobOutcome::RetryAt {
+            at_ms: 1000,
+            attempts: 3,
+            waiting_since_ms: Some(5),
+            error: "503".into(),
+        },
         6,
     )
-    .await
-    .unwrap();
+    .await;
     assert!(s.due_jobs(999, 10).await.unwrap().is_empty());
     assert!(s.due_emails(999, 10).await.unwrap().is_empty());
     assert_eq!(
@@ -155,38 +167,34 @@ async fn dead_letter_replay_and_purge() {
     s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1)], 5)
         .await
         .unwrap();
-    s.finish(
-        vec![JobResult {
-            email: "a@x.io".into(),
-            up_to_event_id: 1,
-            outcome: JobOutcome::DeadLetter {
-                reason: "gone".into(),
-                attempts: 9,
-            },
-        }],
+    finish(
+        &s,
+        "a@x.io",
+        1,
+        JobOutcome::DeadLetter {
+            reason: "gone".into(),
+            attempts: 9,
+        },
         6,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(s.stats().await.unwrap().events, 0);
     assert_eq!(s.stats().await.unwrap().dead_letters, 1);
     assert_eq!(s.replay_dead_letters(None, 10).await.unwrap(), 1);
     let jobs = s.due_jobs(10, 10).await.unwrap();
     assert_eq!(jobs[0].events[0].message_id, "m1");
     assert_eq!(s.stats().await.unwrap().dead_letters, 0);
-    s.finish(
-        vec![JobResult {
-            email: "a@x.io".into(),
-            up_to_event_id: jobs[0].up_to_event_id(),
-            outcome: JobOutcome::DeadLetter {
-                reason: "gone".into(),
-                attempts: 9,
-            },
-        }],
+    finish(
+        &s,
+        "a@x.io",
+        jobs[0].up_to_event_id(),
+        JobOutcome::DeadLetter {
+            reason: "gone".into(),
+            attempts: 9,
+        },
         20,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(s.purge_dead_letters(15).await.unwrap(), 0);
     assert_eq!(s.purge_dead_letters(21).await.unwrap(), 1);
 }
@@ -296,24 +304,22 @@ async fn property_dead_letter_replays_only_that_property() {
     s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1000)], 5)
         .await
         .unwrap();
-    s.finish(
-        vec![JobResult {
-            email: "a@x.io".into(),
-            up_to_event_id: 1,
-            outcome: JobOutcome::Delivered {
-                applied: vec![("plan".into(), 1000)],
-                rejected: vec![RejectedProperty {
-                    key: "score".into(),
-                    value: json!("42"),
-                    reason: "400: expected a number".into(),
-                }],
-                attempts: 1,
-            },
-        }],
+    finish(
+        &s,
+        "a@x.io",
+        1,
+        JobOutcome::Delivered {
+            applied: vec![("plan".into(), 1000)],
+            rejected: vec![RejectedProperty {
+                key: "score".into(),
+                value: json!("42"),
+                reason: "400: expected a number".into(),
+            }],
+            attempts: 1,
+        },
         6,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(s.replay_dead_letters(Some(vec![1]), 10).await.unwrap(), 1);
     let job = s.due_jobs(10, 10).await.unwrap().remove(0);
     assert_eq!(job.events.len(), 1);
