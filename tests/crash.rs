@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,7 +23,7 @@ const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The relay binary as a child process; killed (SIGKILL) and reaped when dropped, even on panic.
 struct RelayProcess {
-    child: Child,
+    child: ChildGuard,
     url: String,
     log: PathBuf,
 }
@@ -49,7 +49,9 @@ impl RelayProcess {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
             .stderr(log_file);
-        let child = command.spawn().expect("start the relay binary");
+        let child = ChildGuard {
+            child: command.spawn().expect("start the relay binary"),
+        };
         RelayProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -67,7 +69,7 @@ impl RelayProcess {
         if !healthy {
             panic!(
                 "the relay did not become healthy (exit: {:?}); log:\n{}",
-                self.child.try_wait(),
+                self.child.child.try_wait(),
                 self.log_tail()
             );
         }
@@ -75,43 +77,24 @@ impl RelayProcess {
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.child.kill();
+        let _ = self.child.child.wait();
     }
 
     /// SIGTERM, as an orchestrator stops a container.
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        self.child.terminate();
     }
 
     /// Polls for the process to exit, up to `limit`.
     async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.child.wait_exit(limit).await
     }
 
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -219,17 +202,6 @@ async fn burst(
     }
 }
 
-/// Subscribers `prefix0@…` to `prefix{n-1}@…`, created in the sandbox.
-fn create_subscribers(sb: &TestSandbox, prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let email = format!("{prefix}{i}@example.com");
-            sb.sandbox.create_subscriber(&email, "Crash Test");
-            email
-        })
-        .collect()
-}
-
 /// The number in `prefix<n>@example.com`.
 fn email_index(email: &str) -> usize {
     let digits: String = email
@@ -303,7 +275,7 @@ async fn restart_and_wait(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
     let sb = slow_sandbox().await;
-    let emails = create_subscribers(&sb, "crash", 200);
+    let emails = create_members(&sb.sandbox, "crash", 200);
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
     let http = reqwest::Client::new();
@@ -358,7 +330,7 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_exits_zero_and_loses_nothing() {
     let sb = slow_sandbox().await;
-    let emails = create_subscribers(&sb, "term", 50);
+    let emails = create_members(&sb.sandbox, "term", 50);
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
     let http = reqwest::Client::new();
