@@ -117,7 +117,7 @@ struct ProsperStackFile {
     api_key: Option<String>,
     api_url: Option<String>,
     rate_limit_requests: Option<u32>,
-    rate_limit_window_secs: Option<u64>,
+    rate_limit_window_secs: Option<f64>,
     request_timeout: Option<String>,
 }
 

@@ -145,6 +145,18 @@ fn bad_values_name_setting() {
     }
 }
 
+/// Scaled rate-limit windows (fractions of a second) are accepted, in the file too.
+#[test]
+fn fractional_window_in_file() {
+    let f = toml_file("[prosperstack]\nrate_limit_window_secs = 2.5\n");
+    let s = Settings::load(
+        Some(f.path()),
+        &env_of(&[("PROSPERSTACK_API_KEY", "key_abc")]),
+    )
+    .unwrap();
+    assert_eq!(s.rate_limit_window, Duration::from_millis(2500));
+}
+
 /// Scaled rate-limit windows (fractions of a second) are accepted for tests and benchmarks.
 #[test]
 fn fractional_window() {
