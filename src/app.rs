@@ -97,42 +97,22 @@ pub async fn run(
         stop_workers.clone(),
     ));
 
-    let ingest_state = IngestState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        shared_secret: settings.shared_secret.clone(),
-        ingest_token: settings.ingest_token.clone(),
-        max_body_bytes: settings.max_body_bytes,
+    let router = relay_router(
+        &settings,
+        store.clone(),
+        metrics.clone(),
         wake,
-        draining: draining.clone(),
-    };
-    let health_state = HealthState {
-        store: store.clone(),
-        draining: draining.clone(),
-    };
-    let mut router = ingest::router(ingest_state).merge(health::router(health_state));
+        draining.clone(),
+        metrics_listener.is_none(),
+    );
     let stop_http = CancellationToken::new();
     let mut servers = Vec::new();
-    match metrics_listener {
-        Some(metrics_listener) => {
-            tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
-            servers.push(spawn_server(
-                metrics_listener,
-                health::metrics_router(metrics.clone()),
-                &stop_http,
-            ));
-        }
-        None => router = router.merge(health::metrics_router(metrics.clone())),
+    if let Some(metrics_listener) = metrics_listener {
+        tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
+        let router = health::metrics_router(metrics.clone());
+        servers.push(spawn_server(metrics_listener, router, &stop_http));
     }
     tracing::info!(address = %listener.local_addr()?, upstream = %crate::config::display_url(&settings.api_url), "relay listening");
-    // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
-    // anyway, and it retries a 408 too.
-    let router = router
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(crate::telemetry::request_layer());
     servers.push(spawn_server(listener, router, &stop_http));
 
     shutdown.await;
@@ -153,6 +133,39 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The relay's HTTP interface: ingest, health, and `/metrics` unless it has a listener of its own.
+fn relay_router(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    draining: Arc<AtomicBool>,
+    with_metrics: bool,
+) -> Router {
+    let ingest_state = IngestState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        shared_secret: settings.shared_secret.clone(),
+        ingest_token: settings.ingest_token.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        wake,
+        draining: draining.clone(),
+    };
+    let health_state = HealthState { store, draining };
+    let mut router = ingest::router(ingest_state).merge(health::router(health_state));
+    if with_metrics {
+        router = router.merge(health::metrics_router(metrics));
+    }
+    // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
+    // anyway, and it retries a 408 too.
+    router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(crate::telemetry::request_layer())
 }
 
 fn spawn_server(
