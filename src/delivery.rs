@@ -319,6 +319,8 @@ impl Delivery {
         }
         for (key, reason) in &plan.dropped {
             self.metrics.value_dropped();
+            // The reason quotes the value, which could be personal data: no emails at info.
+            let reason = crate::prosperstack::redact_emails(reason);
             tracing::info!(property = %key, %reason, "value dropped");
         }
     }
