@@ -197,12 +197,16 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Without a transaction each statement would commit on its own: run nothing.
+            // Dropping the requests answers each caller that the store is unavailable.
+            tracing::error!(error = %e, "cannot begin a store transaction");
+            drop(group);
+            continue;
+        }
         let completions: Vec<Completion> =
             group.into_iter().map(|op| op(&conn, &options)).collect();
-        let commit = begin
-            .and_then(|()| conn.execute_batch("COMMIT"))
-            .map_err(StoreError::from);
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
