@@ -135,11 +135,14 @@ async fn receive(
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(IngestError::Draining);
     }
-    check_token(&state, &headers)?;
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|_| IngestError::TooLarge(state.max_body_bytes))?;
-    let events = parse_body(&bytes, &headers, state.shared_secret.as_ref())?;
+    let events = read_events(&state, &headers, body).await.inspect_err(|e| {
+        // Whole requests refused before any event was looked at are counted too.
+        state.metrics.event_rejected(match e {
+            IngestError::Unauthorized(_) => "unauthorized",
+            IngestError::TooLarge(_) => "too_large",
+            _ => "malformed",
+        })
+    })?;
     let answer = store_events(&state, events).await?;
     if answer.accepted == 0
         && !answer.rejected.is_empty()
@@ -149,6 +152,19 @@ async fn receive(
         return Err(IngestError::AllRejected(answer));
     }
     Ok(Json(answer))
+}
+
+/// Authenticates the request and splits its body into events.
+async fn read_events(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<RawEvent>, IngestError> {
+    check_token(state, headers)?;
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| IngestError::TooLarge(state.max_body_bytes))?;
+    parse_body(&bytes, headers, state.shared_secret.as_ref())
 }
 
 fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestError> {

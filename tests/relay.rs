@@ -301,6 +301,8 @@ async fn signature_checked() {
     let (status, _) = relay.post(body.clone(), &[]).await;
     assert_eq!(status, 401);
     assert_eq!(relay.metric("relay_events_received_total").await, 0);
+    // Both refusals are counted (reason "unauthorized"), though no event was read.
+    assert_eq!(relay.metric("relay_events_rejected_total").await, 2);
     let good = "800c9b04f49c31ca47fcd633e01a7b6e779bc302";
     let (status, answer) = relay
         .post(
