@@ -267,11 +267,20 @@ fn verify_signature(
         .map_err(|_| IngestError::Unauthorized("X-Signature does not match"))
 }
 
-/// Normalises each event, stores the valid ones in one call, and builds the answer.
+/// What the answer needs to know of an event handed to the store.
+struct Sent {
+    index: usize,
+    event_type: String,
+    message_id: Option<String>,
+}
+
+/// Normalises each event, stores the valid ones in one call, and builds the answer. Event
+/// types the relay ignores are counted here and never reach the store.
 async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answer, IngestError> {
     let received = now_ms();
     let mut answer = Answer::default();
-    let mut valid: Vec<(usize, Incoming)> = Vec::new();
+    let mut sent: Vec<Sent> = Vec::new();
+    let mut incoming: Vec<Incoming> = Vec::new();
     for (index, (parsed, raw)) in events.into_iter().enumerate() {
         let value = match parsed {
             Ok(v) => v,
@@ -285,7 +294,19 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
             .and_then(Value::as_str)
             .map(str::to_owned);
         match identify::normalise(&value, received) {
-            Ok(event) => valid.push((index, Incoming { event, raw })),
+            Ok(identify::Event::Ignored { event_type }) => {
+                answer.ignored += 1;
+                state.metrics.event_received(&event_type, "ignored");
+            }
+            Ok(event) => {
+                let event_type = event.type_name().to_owned();
+                sent.push(Sent {
+                    index,
+                    event_type,
+                    message_id,
+                });
+                incoming.push(Incoming { event, raw });
+            }
             Err(e) => {
                 let reason = match e {
                     EventError::NotAnObject | EventError::MissingType => "not_an_event",
@@ -303,50 +324,46 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
             }
         }
     }
-    let (indices, incoming): (Vec<usize>, Vec<Incoming>) = valid.into_iter().unzip();
-    let types: Vec<String> = incoming
-        .iter()
-        .map(|i| i.event.type_name().to_owned())
-        .collect();
-    let ids: Vec<Option<String>> = incoming.iter().map(|i| message_id_of(&i.event)).collect();
     let outcomes = if incoming.is_empty() {
         Vec::new()
     } else {
         state.store.ingest(incoming, received).await?
     };
-    for (((index, outcome), event_type), message_id) in
-        indices.into_iter().zip(outcomes).zip(types).zip(ids)
-    {
-        match outcome {
+    for (event, outcome) in sent.into_iter().zip(outcomes) {
+        let counted = match outcome {
             IngestOutcome::Stored | IngestOutcome::Forgotten => {
                 answer.accepted += 1;
-                state.metrics.event_received(&event_type, "stored");
+                "stored"
             }
             IngestOutcome::Duplicate => {
                 answer.duplicates += 1;
-                state.metrics.event_received(&event_type, "duplicate");
+                "duplicate"
             }
             IngestOutcome::Ignored => {
                 answer.ignored += 1;
-                state.metrics.event_received(&event_type, "ignored");
+                "ignored"
             }
-            IngestOutcome::NoEmail => reject(state, &mut answer, index, message_id, 422, "no_email",
-                "an Identify needs traits.email or context.traits.email, and no email is known for its userId".into()),
-        }
+            IngestOutcome::NoEmail => {
+                let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
+                reject(
+                    state,
+                    &mut answer,
+                    event.index,
+                    event.message_id,
+                    422,
+                    "no_email",
+                    why.into(),
+                );
+                continue;
+            }
+        };
+        state.metrics.event_received(&event.event_type, counted);
     }
     answer.rejected.sort_by_key(|r| r.index);
     if answer.accepted > 0 {
         state.wake.notify_one();
     }
     Ok(answer)
-}
-
-fn message_id_of(event: &identify::Event) -> Option<String> {
-    match event {
-        identify::Event::Identify(u) => Some(u.message_id.clone()),
-        identify::Event::Delete { message_id, .. } => Some(message_id.clone()),
-        identify::Event::Ignored { .. } => None,
-    }
 }
 
 fn reject(
