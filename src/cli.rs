@@ -108,7 +108,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(cli.config, args).await,
         Command::Sandbox(args) => sandbox(args).await,
-        Command::CheckConfig => match load(cli.config.as_deref(), &config::process_env) {
+        Command::CheckConfig => match Settings::load(cli.config.as_deref(), &config::process_env) {
             Ok(s) => {
                 println!(
                     "configuration is valid (upstream {}, listen {}, data {})",
@@ -124,10 +124,6 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::DeadLetters(cmd) => dead_letters(cli.config, cmd).await,
         Command::Bench(args) => crate::bench::main(args).await,
     }
-}
-
-fn load(file: Option<&std::path::Path>, env: config::Env<'_>) -> Result<Settings, ConfigError> {
-    Settings::load(file, env)
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
@@ -154,7 +150,7 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
         }
         config::process_env(name)
     };
-    let settings = match load(config_file.as_deref(), &env) {
+    let settings = match Settings::load(config_file.as_deref(), &env) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };

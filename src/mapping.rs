@@ -51,14 +51,6 @@ impl Catalogue {
     pub fn get(&self, key: &str) -> Option<&Property> {
         self.by_key.get(key)
     }
-
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
 }
 
 /// The matching rules from configuration.
