@@ -194,11 +194,7 @@ async fn subscriber_created_after_its_events_gets_them() {
     // The relay looked and found no one.
     assert!(
         eventually(PATIENCE, || async {
-            sb.sandbox
-                .stats()
-                .by_route
-                .get("GET /v1/subscribers")
-                .is_some_and(|n| *n >= 1)
+            subscriber_list_requests(&sb.sandbox) >= 1
         })
         .await
     );
@@ -392,11 +388,7 @@ async fn delete_forgets_queued_updates_and_the_email() {
     // The relay looked and found no one: the update is queued, waiting.
     assert!(
         eventually(PATIENCE, || async {
-            sb.sandbox
-                .stats()
-                .by_route
-                .get("GET /v1/subscribers")
-                .is_some_and(|n| *n >= 1)
+            subscriber_list_requests(&sb.sandbox) >= 1
         })
         .await
     );

@@ -506,3 +506,13 @@ pub fn all_have_plan(sandbox: &Sandbox, emails: &[String]) -> bool {
         .iter()
         .all(|e| property(sandbox, e, "plan").is_some())
 }
+
+/// Requests the sandbox has answered on `GET /v1/subscribers` (look-ups and list pages).
+pub fn subscriber_list_requests(sandbox: &Sandbox) -> u64 {
+    sandbox
+        .stats()
+        .by_route
+        .get("GET /v1/subscribers")
+        .copied()
+        .unwrap_or(0)
+}
