@@ -151,6 +151,8 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the transaction could not be committed: {0}")]
+    Commit(String),
 }
 
 /// The durable queue. One implementation today (SQLite); the trait is the seam for a shared

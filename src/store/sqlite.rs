@@ -213,7 +213,7 @@ fn writer_loop(
         for complete in completions {
             let outcome = match &commit {
                 Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+                Err(e) => Err(StoreError::Commit(e.to_string())),
             };
             complete(outcome);
         }
