@@ -15,30 +15,34 @@ FROM rust:1.95-bookworm AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /build
 
-# Dependencies first, in their own layer: this one is rebuilt only when Cargo.toml or
-# Cargo.lock change, not on every source edit. The crate is built once with a dummy
-# src/main.rs and src/lib.rs. Targets declared explicitly in the manifest ([[bench]] with
-# harness = false, [[test]], [[example]], [[bin]]) would make cargo look for their files,
-# which are not copied yet; they are never built by `cargo build --release`, so they are
-# dropped from this throwaway copy of the manifest (the real one replaces it below).
+# Dependencies first, in their own layer: this one is rebuilt only when a manifest or
+# Cargo.lock changes, not on every source edit. The workspace is built once with dummy
+# sources (the relay, and the sandbox crate it links; the bench crate is not part of the
+# image but must exist for the workspace to load). Targets declared explicitly in the root
+# manifest ([[bench]], [[test]], [[example]], [[bin]]) would make cargo look for their
+# files, which are not copied yet, so they are dropped from this throwaway copy of it.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/prosperstack-sandbox/Cargo.toml crates/prosperstack-sandbox/
+COPY crates/relay-bench/Cargo.toml crates/relay-bench/
 RUN awk '/^\[\[(bin|bench|test|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
         Cargo.toml > Cargo.deps.toml \
     && mv Cargo.deps.toml Cargo.toml \
-    && mkdir -p src \
+    && mkdir -p src crates/prosperstack-sandbox/src crates/relay-bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
+    && : > crates/prosperstack-sandbox/src/lib.rs \
+    && echo 'fn main() {}' > crates/relay-bench/src/main.rs \
+    && cargo build --release --locked -p prosperstack-relay \
+    && rm -rf src crates/*/src
 
 # The real sources (.dockerignore keeps target/, .git and data/ out, so the layer above is not
 # clobbered by a host's build directory). COPY keeps the files' own mtimes, which can be older
-# than the dummy build: cargo would then think the crate is fresh and ship the dummy binary.
-# Touching every source makes them newer, so the crate itself is rebuilt, and only it.
+# than the dummy build: cargo would then think the crates are fresh and ship the dummy binary.
+# Touching every source makes them newer, so our crates are rebuilt, and only they.
 # The last line fails the build if the result is still the dummy (it lists no subcommands).
 COPY . .
-RUN find src -type f -exec touch {} + \
-    && cargo build --release --locked \
+RUN find src crates -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p prosperstack-relay \
     && target/release/prosperstack-relay --help | grep healthcheck > /dev/null \
     && install -D -m 0755 target/release/prosperstack-relay /out/prosperstack-relay \
     && install -d -m 0750 /out/data

@@ -4,7 +4,8 @@
 //! `--sandbox`, against a built-in ProsperStack simulator); `sandbox` runs the simulator alone;
 //! `check-config` validates settings without serving; `healthcheck` asks a running relay's
 //! `/healthz` (for container health checks, no curl needed); `dead-letters` inspects, replays
-//! and purges dead letters in the data directory; `bench` runs the benchmarks (`crate::bench`).
+//! and purges dead letters in the data directory. (The benchmarks are their own binary,
+//! `crates/relay-bench`.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Settings};
-use crate::sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 use crate::store::{now_ms, DeadLetter, SqliteStore, Store};
+use prosperstack_sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,8 +45,6 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// Run a benchmark (engage-sync, ingest, memory) and print its report.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +121,6 @@ pub async fn main(cli: Cli) -> ExitCode {
         },
         Command::Healthcheck(args) => healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters(cli.config, cmd).await,
-        Command::Bench(args) => crate::bench::main(args).await,
     }
 }
 

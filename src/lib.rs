@@ -17,9 +17,11 @@
 //!
 //! Around it: [`config`] (settings from file and environment), [`app`] (wiring, run, drain),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
-//! [`cli`] (subcommands), and [`sandbox`] (a strict ProsperStack simulator for trials and tests).
+//! and [`cli`] (subcommands).
+//!
+//! Beside it in the workspace: `crates/prosperstack-sandbox`, the strict ProsperStack simulator
+//! behind `serve --sandbox` and the tests, and `crates/relay-bench`, the benchmarks' binary.
 pub mod app;
-pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -32,6 +34,5 @@ pub mod metrics;
 pub mod prosperstack;
 pub mod resolve;
 pub mod retry;
-pub mod sandbox;
 pub mod store;
 pub mod telemetry;

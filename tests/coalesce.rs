@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use prosperstack_relay::sandbox::SandboxConfig;
+use prosperstack_sandbox::SandboxConfig;
 use serde_json::{json, Value};
 
 /// Events queued before a subscriber's update is sent join that update, not a second one.

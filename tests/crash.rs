@@ -13,7 +13,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use prosperstack_relay::sandbox::{SandboxConfig, SANDBOX_API_KEY};
+use prosperstack_sandbox::{SandboxConfig, SANDBOX_API_KEY};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
@@ -125,7 +125,7 @@ impl Ledger {
 
     /// Subscribers whose `plan` in the sandbox is the latest acknowledged version, or a later one
     /// that was sent (stored but its answer lost is allowed; older is never).
-    fn arrived(&self, sandbox: &prosperstack_relay::sandbox::Sandbox) -> usize {
+    fn arrived(&self, sandbox: &prosperstack_sandbox::Sandbox) -> usize {
         let values: HashMap<String, Option<serde_json::Value>> = sandbox
             .subscribers()
             .into_iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use prosperstack_relay::sandbox::SandboxConfig;
+use prosperstack_sandbox::SandboxConfig;
 use serde_json::{json, Value};
 
 /// A GET that answers `None` instead of panicking when nothing answers (a server going away).

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use prosperstack_relay::sandbox::SandboxConfig;
+use prosperstack_sandbox::SandboxConfig;
 use serde_json::json;
 
 /// The seeds' example (nested `traits.traits`, display-name traits) lands on the subscriber,

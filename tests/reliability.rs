@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use prosperstack_relay::sandbox::SANDBOX_API_KEY;
 use prosperstack_relay::store::Store;
+use prosperstack_sandbox::SANDBOX_API_KEY;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};

@@ -100,7 +100,8 @@ def check_dockerfile(root: Path) -> dict:
 
     for must in ("target", ".git", "data"):
         check(ignored(must, rules), ".dockerignore", f"must exclude {must}/")
-    for needed in ("Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs"):
+    for needed in ("Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs",
+                   "crates/prosperstack-sandbox/Cargo.toml", "crates/relay-bench/Cargo.toml"):
         check((root / needed).exists(), where, f"build needs {needed}, missing from the repository")
         check(not ignored(needed, rules), ".dockerignore", f"excludes {needed}, which the build needs")
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use prosperstack_relay::config::Settings;
-use prosperstack_relay::sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
+use prosperstack_sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

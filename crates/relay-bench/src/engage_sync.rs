@@ -23,12 +23,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::diagnosis::{diagnose, Diagnosis};
-use super::harness::{relay_settings, scrape, start_sandbox, RunningRelay, TempDir};
+use super::harness::{relay_settings, scrape, start_sandbox, temp_dir, RunningRelay};
 use super::measure::{RunInfo, Target};
 use super::naive::{self, KindCounts, NaiveRun};
 use super::workload::{Spec, Workload, AUDIENCES};
 use super::{BenchError, Report};
-use crate::store::{SqliteStore, Store};
+use prosperstack_relay::store::{SqliteStore, Store};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngageArgs {
@@ -194,7 +194,7 @@ pub async fn run(args: EngageArgs) -> Result<EngageReport, BenchError> {
         eprintln!("engage-sync: naive relay on {sample} events…");
         Some(naive::run(&workload, limit, sample).await?)
     };
-    let (burst, period) = crate::budget::quota_for(args.requests, window);
+    let (burst, period) = prosperstack_relay::budget::quota_for(args.requests, window);
     let targets = vec![
         Target::at_most(
             "upstream requests ÷ floor",
@@ -254,7 +254,7 @@ async fn relay_run(
     let origin = Instant::now();
     let sandbox = start_sandbox(limit.0, limit.1, origin).await?;
     workload.install(&sandbox.sandbox)?;
-    let dir = TempDir::new("engage", None)?;
+    let dir = temp_dir("engage", None)?;
     let settings = relay_settings(&sandbox.url, dir.path(), limit, &args.set)?;
     let relay = RunningRelay::start(settings).await?;
     let store = SqliteStore::open_shared(dir.path())?;
@@ -415,7 +415,7 @@ async fn post_one(http: &reqwest::Client, endpoint: &str, body: &str, origin: In
 }
 
 /// Subscriber id → workload index (the emails are `bench-NNNNNN@…` in creation order).
-fn subscriber_indexes(sandbox: &crate::sandbox::Sandbox) -> HashMap<String, usize> {
+fn subscriber_indexes(sandbox: &prosperstack_sandbox::Sandbox) -> HashMap<String, usize> {
     sandbox
         .subscribers()
         .into_iter()
@@ -437,7 +437,12 @@ fn relay_metrics(text: &str) -> BTreeMap<String, u64> {
         "relay_dead_lettered_total",
     ]
     .into_iter()
-    .map(|name| (name.to_owned(), crate::metrics::sum_series(text, name)))
+    .map(|name| {
+        (
+            name.to_owned(),
+            prosperstack_relay::metrics::sum_series(text, name),
+        )
+    })
     .collect()
 }
 

@@ -1,7 +1,7 @@
 //! `bench memory`: the real binary's resident memory with a large queue.
 //!
 //! In: [`MemoryArgs`]. Out: a [`MemoryReport`]: VmRSS and VmHWM of a `prosperstack-relay serve`
-//! child (this very executable) before, during and after queuing `--events` Identify events in
+//! child (the `prosperstack-relay` binary) before, during and after queuing `--events` Identify events in
 //! batches, with its upstream down (an in-process sandbox answering every request 503), the
 //! queue depth its `/metrics` reports, and the store's size on disk.
 //! Stays true: the child is started by this process, on loopback, with a temp data dir, and is
@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::harness::{start_sandbox, wait_healthy, TempDir};
+use super::harness::{start_sandbox, temp_dir, wait_healthy};
 use super::measure::{filesystem_of, ms, quantile, RunInfo, Target};
 use super::{BenchError, Report};
-use crate::sandbox::SANDBOX_API_KEY;
+use prosperstack_sandbox::SANDBOX_API_KEY;
 
 #[derive(Debug, Clone, Args)]
 pub struct MemoryArgs {
@@ -41,6 +41,29 @@ pub struct MemoryArgs {
     /// Give up queuing after this many seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// The relay binary to measure (default: `prosperstack-relay` beside this executable, as
+    /// `cargo build --release` leaves it in `target/release/`).
+    #[arg(long)]
+    pub relay_bin: Option<std::path::PathBuf>,
+}
+
+/// The product binary this benchmark measures: the one named, else the relay built beside it.
+fn relay_binary(named: Option<&std::path::Path>) -> Result<std::path::PathBuf, BenchError> {
+    let path = match named {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name(format!(
+            "prosperstack-relay{}",
+            std::env::consts::EXE_SUFFIX
+        )),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BenchError::Setup(format!(
+            "no relay binary at {} (build it first: cargo build --release, or pass --relay-bin)",
+            path.display()
+        )))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -133,14 +156,14 @@ fn dir_size(path: &Path) -> u64 {
 pub async fn run(args: MemoryArgs) -> Result<MemoryReport, BenchError> {
     let sandbox = start_sandbox(100, Duration::from_secs(60), Instant::now()).await?;
     sandbox.sandbox.inject_failures(503, u32::MAX);
-    let dir = TempDir::new("memory", args.data_dir.as_deref())?;
+    let dir = temp_dir("memory", args.data_dir.as_deref())?;
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         probe.local_addr()?.port()
     };
     let url = format!("http://127.0.0.1:{port}");
 
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    let mut command = tokio::process::Command::new(relay_binary(args.relay_bin.as_deref())?);
     command.arg("serve").kill_on_drop(true);
     // Only the bench's settings: nothing from the caller's environment changes the child.
     for (name, _) in std::env::vars() {
@@ -248,7 +271,7 @@ async fn measure(
     let gauge_wait = Instant::now();
     while gauge_wait.elapsed() < Duration::from_secs(12) {
         if let Ok(text) = super::harness::scrape(&http, url).await {
-            queue_depth = crate::metrics::sum_series(&text, "relay_queue_depth");
+            queue_depth = prosperstack_relay::metrics::sum_series(&text, "relay_queue_depth");
             if queue_depth >= accepted {
                 break;
             }
@@ -258,9 +281,9 @@ async fn measure(
     let after = memory_of(pid).unwrap_or_default();
     let probe = probe_latency(&http, &endpoint, args.events).await;
     let stats_ms = {
-        let store = crate::store::SqliteStore::open_shared(dir)?;
+        let store = prosperstack_relay::store::SqliteStore::open_shared(dir)?;
         let timed = Instant::now();
-        crate::store::Store::stats(&store).await?;
+        prosperstack_relay::store::Store::stats(&store).await?;
         ms(timed.elapsed())
     };
     let targets = vec![Target::at_most(

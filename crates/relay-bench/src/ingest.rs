@@ -22,11 +22,11 @@ use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::harness::{relay_settings, scrape, start_sandbox, RunningRelay, TempDir};
+use super::harness::{relay_settings, scrape, start_sandbox, temp_dir, RunningRelay};
 use super::load::{self, BodyMaker, LoadResult};
 use super::measure::{cpu_between, filesystem_of, ms, thread_cpu, thread_writes, RunInfo, Target};
 use super::{BenchError, Report};
-use crate::store::{SqliteStore, Store};
+use prosperstack_relay::store::{SqliteStore, Store};
 
 /// How often the relay refreshes its queue gauges (`app.rs`, `GAUGE_INTERVAL`): stalls that
 /// recur at this period point at that refresh.
@@ -119,7 +119,7 @@ async fn store_alone(
 ) -> Result<LoadResult, BenchError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
         dir,
-        crate::store::StoreOptions { coalesce_ms: 500 },
+        prosperstack_relay::store::StoreOptions { coalesce_ms: 500 },
     )?);
     let start = Instant::now();
     let end = start + duration;
@@ -135,11 +135,14 @@ async fn store_alone(
                     let raw = body(n);
                     let stored = match serde_json::from_str::<serde_json::Value>(&raw) {
                         Ok(value) => {
-                            match crate::identify::normalise(&value, crate::store::now_ms()) {
+                            match prosperstack_relay::identify::normalise(
+                                &value,
+                                prosperstack_relay::store::now_ms(),
+                            ) {
                                 Ok(event) => store
                                     .ingest(
-                                        vec![crate::store::Incoming { event, raw }],
-                                        crate::store::now_ms(),
+                                        vec![prosperstack_relay::store::Incoming { event, raw }],
+                                        prosperstack_relay::store::now_ms(),
                                     )
                                     .await
                                     .is_ok(),
@@ -195,7 +198,7 @@ async fn start_bare(stop: &CancellationToken) -> Result<String, BenchError> {
 pub async fn run(args: IngestArgs) -> Result<IngestReport, BenchError> {
     let paused = (1, Duration::from_secs(3600));
     let sandbox = start_sandbox(paused.0, paused.1, Instant::now()).await?;
-    let dir = TempDir::new("ingest", args.data_dir.as_deref())?;
+    let dir = temp_dir("ingest", args.data_dir.as_deref())?;
     let settings = relay_settings(&sandbox.url, dir.path(), paused, &args.set)?;
     let relay = RunningRelay::start(settings).await?;
     let stop_bare = CancellationToken::new();
@@ -260,7 +263,7 @@ pub async fn run(args: IngestArgs) -> Result<IngestReport, BenchError> {
         "ingest: store alone, {} tasks, {} s…",
         args.connections, args.seconds
     );
-    let store_dir = TempDir::new("ingest-store", args.data_dir.as_deref())?;
+    let store_dir = temp_dir("ingest-store", args.data_dir.as_deref())?;
     let before = thread_cpu();
     let writes = thread_writes("store-writer");
     let store_result = store_alone(

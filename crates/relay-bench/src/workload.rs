@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::BenchError;
-use crate::sandbox::Sandbox;
+use prosperstack_sandbox::Sandbox;
 
 /// The audience properties (boolean, subscriber): Engage's `computation_key`s.
 pub const AUDIENCES: [&str; 3] = ["aud_power_users", "aud_trial_converters", "aud_churn_risk"];

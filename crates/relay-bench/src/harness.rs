@@ -7,47 +7,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::recorder::{record, Recorder};
 use super::BenchError;
-use crate::config::Settings;
-use crate::sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
+use prosperstack_relay::config::Settings;
+use prosperstack_sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 
-/// A directory under the system temp dir (or under `parent`), removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(label: &str, parent: Option<&Path>) -> Result<TempDir, BenchError> {
-        let parent = parent
-            .map(Path::to_path_buf)
-            .unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = parent.join(format!(
-            "prosperstack-relay-bench-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// A fresh directory under the system temp dir (or under `parent`), removed on drop.
+pub fn temp_dir(label: &str, parent: Option<&Path>) -> Result<tempfile::TempDir, BenchError> {
+    let prefix = format!("prosperstack-relay-bench-{label}-");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    Ok(match parent {
+        Some(parent) => builder.tempdir_in(parent)?,
+        None => builder.tempdir()?,
+    })
 }
 
 /// A sandbox served on 127.0.0.1, stopped on drop.
@@ -136,7 +114,7 @@ pub struct RunningRelay {
     /// Just before `app::run` was called: its periodic tasks tick from here.
     pub started: Instant,
     stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), crate::app::AppError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), prosperstack_relay::app::AppError>>>,
 }
 
 impl RunningRelay {
@@ -145,7 +123,7 @@ impl RunningRelay {
         let addr: SocketAddr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let started = Instant::now();
-        let task = tokio::spawn(crate::app::run(
+        let task = tokio::spawn(prosperstack_relay::app::run(
             settings,
             listener,
             stop.clone().cancelled_owned(),

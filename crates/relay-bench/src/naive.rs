@@ -16,10 +16,10 @@ use super::harness::start_sandbox;
 use super::recorder::{Recorded, RequestKind};
 use super::workload::{pair_of, Workload, AUDIENCES};
 use super::BenchError;
-use crate::budget::Budget;
-use crate::metrics::Metrics;
-use crate::prosperstack::{ApiKey, Client};
-use crate::sandbox::SANDBOX_API_KEY;
+use prosperstack_relay::budget::Budget;
+use prosperstack_relay::metrics::Metrics;
+use prosperstack_relay::prosperstack::{ApiKey, Client};
+use prosperstack_sandbox::SANDBOX_API_KEY;
 
 /// Requests by kind.
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -1,12 +1,13 @@
-//! Benchmarks a user can run: `prosperstack-relay bench engage-sync|ingest|memory [options]`.
+//! `relay-bench`: benchmarks a user can run, `relay-bench engage-sync|ingest|memory [options]`
+//! (from a checkout: `cargo run --release -p relay-bench -- engage-sync`).
 //!
 //! In: the command line ([`BenchArgs`]). Out: a report on stdout (a table, or JSON with `--json`)
 //! whose figures are compared with the design's targets, and exit code 0 whatever the figures
 //! (a missed target is a finding to read, not a crash); 1 only when a benchmark could not run.
 //!
 //! Every benchmark runs on loopback only, against an in-process ProsperStack sandbox
-//! ([`crate::sandbox`]) and the real relay ([`crate::app::run`], or the real binary for
-//! `memory`), in a temporary data directory removed afterwards. Every loop is bounded in count
+//! ([`prosperstack_sandbox`]) and the real relay ([`prosperstack_relay::app::run`], or the real
+//! binary for `memory`), in a temporary data directory removed afterwards. Every loop is bounded in count
 //! and in time. Files: `engage_sync.rs` (requests spent against the floor), `diagnosis.rs`
 //! (where the requests above it went), `naive.rs` (the
 //! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
@@ -27,14 +28,19 @@ mod workload;
 
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 
 pub use engage_sync::EngageArgs;
 pub use ingest::IngestArgs;
 pub use memory::MemoryArgs;
 
-/// `prosperstack-relay bench …`
-#[derive(Debug, Args)]
+/// `relay-bench …`
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay-bench",
+    version,
+    about = "Benchmarks of prosperstack-relay against its ProsperStack sandbox"
+)]
 pub struct BenchArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long, global = true)]
@@ -55,11 +61,16 @@ pub enum Benchmark {
     Memory(MemoryArgs),
 }
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    run(BenchArgs::parse()).await
+}
+
 /// Runs the chosen benchmark and prints its report.
-pub async fn main(args: BenchArgs) -> ExitCode {
+async fn run(args: BenchArgs) -> ExitCode {
     // The relay runs in-process: its logs would drown the report, so they are off unless asked.
     if std::env::var_os("RUST_LOG").is_some() {
-        crate::telemetry::init(crate::config::LogFormat::Text);
+        prosperstack_relay::telemetry::init(prosperstack_relay::config::LogFormat::Text);
     }
     let result = match args.which {
         Benchmark::EngageSync(a) => engage_sync::run(a).await.map(|r| emit(&r, args.json)),
@@ -101,37 +112,33 @@ pub enum BenchError {
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
     #[error("ProsperStack client: {0}")]
-    Api(#[from] crate::prosperstack::ApiError),
+    Api(#[from] prosperstack_relay::prosperstack::ApiError),
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] prosperstack_relay::store::StoreError),
     #[error("configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] prosperstack_relay::config::ConfigError),
     #[error("sandbox: {0}")]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] prosperstack_sandbox::SandboxError),
 }
 
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
+    use super::{BenchArgs, Benchmark};
 
     /// The documented command lines parse, `--json` before or after the benchmark's name.
     #[test]
     fn parses_bench_commands() {
-        let cli =
-            Cli::try_parse_from(["p", "bench", "--json", "engage-sync", "--subscribers", "10"])
-                .expect("parses");
-        let Command::Bench(args) = cli.command else {
-            panic!("not bench")
-        };
+        let args = BenchArgs::try_parse_from(["b", "--json", "engage-sync", "--subscribers", "10"])
+            .expect("parses");
         assert!(args.json);
-        assert!(Cli::try_parse_from(["p", "bench", "ingest", "--seconds", "3", "--json"]).is_ok());
-        assert!(Cli::try_parse_from(["p", "bench", "memory", "--events", "1000"]).is_ok());
+        assert!(matches!(args.which, Benchmark::EngageSync(_)));
+        assert!(BenchArgs::try_parse_from(["b", "ingest", "--seconds", "3", "--json"]).is_ok());
+        assert!(BenchArgs::try_parse_from(["b", "memory", "--events", "1000"]).is_ok());
         assert!(
-            Cli::try_parse_from(["p", "bench", "engage-sync", "--set", "A=b", "--set", "C=d"])
-                .is_ok()
+            BenchArgs::try_parse_from(["b", "engage-sync", "--set", "A=b", "--set", "C=d"]).is_ok()
         );
-        assert!(Cli::try_parse_from(["p", "bench", "nonsense"]).is_err());
+        assert!(BenchArgs::try_parse_from(["b", "nonsense"]).is_err());
     }
 }
