@@ -1,12 +1,10 @@
 //! "Delivery you can trust", in process: latest-wins across arrival orders, dedupe, waiting for
 //! subscribers, upstream outages, property-level dead letters and their replay, user deletion.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use prosperstack_relay::store::Store;
 use prosperstack_sandbox::SANDBOX_API_KEY;
 use rand::seq::SliceRandom;

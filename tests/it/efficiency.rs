@@ -1,8 +1,6 @@
 //! Spending the ProsperStack budget well: directory warm-up, coalescing, skipped no-ops.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// With a large backlog, the relay pages the subscriber list instead of looking each email up.

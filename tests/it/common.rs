@@ -1,6 +1,5 @@
 //! Shared harness for the integration tests: a sandbox and the real relay router, each on an
 //! ephemeral loopback port, driven over HTTP as Segment would drive them.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -165,15 +164,6 @@ impl TestRelay {
         prosperstack_relay::metrics::sum_series(&text, name)
     }
 
-    /// Triggers shutdown and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), prosperstack_relay::app::AppError> {
-        self.stop.cancel();
-        match self.task.take() {
-            Some(task) => task.await.expect("relay task"),
-            None => Ok(()),
-        }
-    }
-
     /// Triggers shutdown without waiting.
     pub fn begin_stop(&self) {
         self.stop.cancel();
@@ -212,6 +202,25 @@ where
 
 /// Generous: tests must pass on a slow, shared machine; the poll ends as soon as it can.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Posts an Identify for a demo subscriber and waits until the sandbox holds its value: a
+/// test that must show nothing else was sent checks the sandbox's counters after this, instead
+/// of sleeping and hoping delivery would have acted by then.
+pub async fn deliver_sentinel(relay: &TestRelay, sb: &TestSandbox) {
+    let email = "john.doe@example.com";
+    let sentinel = identify(
+        "sentinel",
+        email,
+        serde_json::json!({"plan": "sentinel"}),
+        "2024-06-01T00:00:00Z",
+    );
+    assert_eq!(relay.post_json(&sentinel).await.0, 200);
+    let arrived = eventually(PATIENCE, || async {
+        property(&sb.sandbox, email, "plan") == Some(Value::from("sentinel"))
+    })
+    .await;
+    assert!(arrived, "the sentinel Identify was not delivered");
+}
 
 /// A reference payload from `tests/fixtures/segment-payloads`.
 pub fn payload(name: &str) -> Value {

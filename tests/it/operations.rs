@@ -2,13 +2,11 @@
 //! secrets from files, logs free of secrets, and start-up refusing bad configuration — most of
 //! it through the real binary, as an orchestrator would drive it.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use prosperstack_sandbox::SandboxConfig;
 use serde_json::{json, Value};
 

@@ -5,14 +5,12 @@
 //! a child process (`CARGO_BIN_EXE_prosperstack-relay serve`) with a scaled rate limit (20
 //! requests per second) so that delivery is slow enough to be interrupted.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use prosperstack_sandbox::{SandboxConfig, SANDBOX_API_KEY};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

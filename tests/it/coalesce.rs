@@ -1,11 +1,9 @@
 //! Coalescing under a slow budget: events that reach the queue before their subscriber's update
 //! is sent go out in that update, not in a second one.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use prosperstack_sandbox::SandboxConfig;
 use serde_json::{json, Value};
 

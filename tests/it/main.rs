@@ -1,0 +1,20 @@
+//! The integration tests: one binary, one module per area. Each boots the real relay
+//! (`app::run` on an ephemeral port, or the real binary as a child process) against the
+//! ProsperStack sandbox and drives it as Segment, an operator or an orchestrator would.
+//!
+//! - [`relay`]: end to end, Segment-shaped requests in, sandbox properties out.
+//! - [`reliability`]: latest wins, dedupe, waiting subscribers, outages, dead letters, deletion.
+//! - [`coalesce`] and [`efficiency`]: spending the budget well.
+//! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
+//! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
+//! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
+//! - [`common`]: the harness they share.
+
+mod coalesce;
+mod common;
+mod crash;
+mod efficiency;
+mod latest_wins;
+mod operations;
+mod relay;
+mod reliability;
