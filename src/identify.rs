@@ -153,7 +153,7 @@ fn email_from(traits: &Map<String, Value>) -> Option<String> {
     (!email.is_empty()).then(|| email.to_owned())
 }
 
-/// Flattens `traits.traits` (the shape of the seeds' example) into the outer traits; the inner
+/// Flattens `traits.traits` (the shape of the example on Segment's ProsperStack page) into the outer traits; the inner
 /// object wins on conflict. `email` is the identifier, not a property, so it is removed.
 fn flatten(mut traits: Map<String, Value>) -> Map<String, Value> {
     if let Some(Value::Object(inner)) = traits.remove("traits") {
@@ -210,7 +210,7 @@ mod tests {
         }
     }
 
-    /// The seeds' nested example flattens `traits.traits` and keeps the email.
+    /// The nested example from Segment's ProsperStack page flattens `traits.traits` and keeps the email.
     #[test]
     fn nested_traits_are_flattened() {
         let u = identify_of(&payload("identify-nested-traits.json"));

@@ -1,20 +1,15 @@
 //! Retry decisions: pure functions from a failed upstream call to what to do next.
 //!
-//! In: an [`ApiError`] from the ProsperStack client with the attempt number, response headers,
-//! a backoff policy and a jitter sample in `[0, 1)` (passed in, so every function is pure).
+//! In: an [`ApiError`] from the ProsperStack client (which already read any delay the server
+//! announced) with the attempt number, a backoff policy and a jitter sample in `[0, 1)` (passed
+//! in, so every function is pure).
 //! Out: a [`Decision`] (retry after a delay, wait for the rate-limit window, give up) or a delay.
 //! Invariants: the server's own delay (headers) wins over our backoff; backoff never exceeds the
-//! policy's cap; no delay exceeds [`MAX_SERVER_DELAY`]; nothing here reads a clock or a RNG.
+//! policy's cap; nothing here reads a clock or a RNG.
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-
 use crate::prosperstack::ApiError;
-
-/// Longest delay taken from a header. ProsperStack's window is a minute; a larger value is a
-/// server bug, and asking again after an hour beats stalling for a year (or overflowing a date).
-pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(3600);
 
 /// What to do after a failed upstream call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,56 +37,6 @@ impl Default for Backoff {
             cap: Duration::from_secs(600),
         }
     }
-}
-
-/// The delay a response asks for, headers first: `RateLimit-Reset` (seconds), then `Retry-After`
-/// (seconds or an HTTP-date, relative to `now`; a date in the past means "now"). `None` when both
-/// are absent or unparsable. Capped at [`MAX_SERVER_DELAY`].
-pub fn delay_from_headers(
-    ratelimit_reset: Option<&str>,
-    retry_after: Option<&str>,
-    now: DateTime<Utc>,
-) -> Option<Duration> {
-    let from_reset = ratelimit_reset.and_then(parse_seconds);
-    let from_retry_after = || retry_after.and_then(|v| parse_retry_after(v, now));
-    from_reset
-        .or_else(from_retry_after)
-        .map(|d| d.min(MAX_SERVER_DELAY))
-}
-
-/// Non-negative delta-seconds, as both headers use. Fractions are accepted (some servers send
-/// them) and rounded up, so we never come back early.
-pub fn parse_seconds(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let secs = value.parse::<f64>().ok()?;
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs(secs.ceil().min(u64::MAX as f64) as u64))
-}
-
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    if let Some(d) = parse_seconds(value) {
-        return Some(d);
-    }
-    let at = parse_http_date(value.trim())?;
-    // A date already past asks for an immediate retry.
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
-}
-
-/// An HTTP-date in any of the three forms RFC 9110 says a recipient must accept:
-/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 and asctime.
-fn parse_http_date(value: &str) -> Option<DateTime<Utc>> {
-    if let Ok(d) = DateTime::parse_from_rfc2822(value) {
-        return Some(d.with_timezone(&Utc));
-    }
-    ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(value, format).ok())
-        .map(|naive| naive.and_utc())
 }
 
 /// Exponential backoff with full jitter, capped: attempt 0 waits up to `base`, each attempt
@@ -150,43 +95,6 @@ pub fn waiting_subscriber_delay(attempt: u32, min: Duration, max: Duration) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(rfc3339: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test date")
-            .with_timezone(&Utc)
-    }
-
-    const NOW: &str = "2015-10-21T07:28:00Z";
-
-    /// Header parsing: RateLimit-Reset first, then Retry-After in seconds or as a date; garbage
-    /// falls through; past dates mean now; huge values are capped.
-    #[test]
-    fn delay_from_headers_table() {
-        let secs = |s| Some(Duration::from_secs(s));
-        let cases: &[(Option<&str>, Option<&str>, Option<Duration>)] = &[
-            (None, None, None),
-            (Some("30"), None, secs(30)),
-            (Some(" 7 "), Some("99"), secs(7)),
-            (Some("0"), None, secs(0)),
-            (Some("1.2"), None, secs(2)),
-            (Some("soon"), Some("12"), secs(12)),
-            (Some("-5"), Some("12"), secs(12)),
-            (None, Some("120"), secs(120)),
-            (None, Some("Wed, 21 Oct 2015 07:28:45 GMT"), secs(45)),
-            (None, Some("Wednesday, 21-Oct-15 07:29:00 GMT"), secs(60)),
-            (None, Some("Wed Oct 21 07:30:00 2015"), secs(120)),
-            (None, Some("Wed, 21 Oct 2015 07:00:00 GMT"), secs(0)),
-            (None, Some("tomorrow-ish"), None),
-            (Some(""), Some(""), None),
-            (Some("NaN"), Some("inf"), None),
-            (Some("99999999999"), None, Some(MAX_SERVER_DELAY)),
-        ];
-        for (reset, retry_after, want) in cases {
-            let got = delay_from_headers(*reset, *retry_after, at(NOW));
-            assert_eq!(got, *want, "reset={reset:?} retry_after={retry_after:?}");
-        }
-    }
 
     /// Backoff ceilings double from the base and stop at the cap, even for absurd attempts.
     #[test]

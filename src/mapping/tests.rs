@@ -70,7 +70,7 @@ fn job(events: Vec<QueuedEvent>, applied: &[(&str, i64)]) -> Job {
     }
 }
 
-/// The seeds' example traits land on their properties by display name, typed.
+/// The traits of Segment's ProsperStack page example land on their properties by display name, typed.
 #[test]
 fn seeds_example_maps_by_name() {
     let j = job(

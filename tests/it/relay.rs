@@ -6,7 +6,7 @@ use crate::common::*;
 use prosperstack_sandbox::SandboxConfig;
 use serde_json::json;
 
-/// The seeds' example (nested `traits.traits`, display-name traits) lands on the subscriber,
+/// The example from Segment's ProsperStack page (nested `traits.traits`, display-name traits) lands on the subscriber,
 /// typed, and a configured mapping routes a trait no rule would match.
 #[tokio::test]
 async fn seeds_nested_example_lands_with_mappings() {

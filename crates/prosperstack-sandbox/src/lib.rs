@@ -1,9 +1,9 @@
 //! The sandbox: an in-process simulator of the ProsperStack API v1, strict enough that a client
 //! which works against it works against the real service.
 //!
-//! What it simulates: the `/v1/properties` and `/v1/subscribers` endpoints of the API reference
-//! (`seeds/004_…`), with HTTP basic authentication, cursor pagination, the per-key rate limit and
-//! its `RateLimit-*` headers, and the type checks ProsperStack applies to custom property values.
+//! What it simulates: the `/v1/properties` and `/v1/subscribers` endpoints of ProsperStack's
+//! API v1 reference, with HTTP basic authentication, cursor pagination, the per-key rate limit
+//! and its `RateLimit-*` headers, and the type checks ProsperStack applies to custom property values.
 //!
 //! What flows in: HTTP requests under `/v1` (authenticated with an API key as the basic-auth
 //! username and an empty password), admin requests under `/_sandbox` (no auth; used by the README

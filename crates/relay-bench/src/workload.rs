@@ -3,7 +3,7 @@
 //!
 //! In: a [`Spec`] (sizes, fractions, seed). Out: the subscribers and properties to create in a
 //! sandbox, the (subscriber, audience) values to pre-set there, and the events in arrival
-//! order, shaped like `reference/segment-payloads/identify-engage-audience-entered.json`.
+//! order, shaped like `tests/fixtures/segment-payloads/identify-engage-audience-entered.json`.
 //! Stays true: the same spec always yields the same workload (seeded RNG); a repeat carries
 //! its original's messageId and timestamp and always arrives after it.
 
