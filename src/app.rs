@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
+use crate::clock::{millis, SharedClock, TokioClock};
 use crate::config::Settings;
 use crate::delivery::{Delivery, DeliverySettings};
 use crate::health::{self, HealthState};
@@ -28,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
 use crate::retry::Backoff;
-use crate::store::{now_ms, SqliteStore, Store, StoreError, StoreOptions};
+use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
 
 /// How often queue gauges are refreshed and old dedupe ids pruned.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -67,9 +68,12 @@ pub async fn run(
     };
     let store = open_store(&settings)?;
     let metrics = Arc::new(Metrics::new());
+    // Tokio's clock: real time in production, the paused clock in tests that pause it.
+    let clock = TokioClock::shared();
     let budget = Arc::new(Budget::new(
         settings.rate_limit_requests,
         settings.rate_limit_window,
+        clock.clone(),
     ));
     let client = Client::new(
         settings.api_url.clone(),
@@ -86,6 +90,7 @@ pub async fn run(
         client,
         metrics.clone(),
         wake.clone(),
+        clock.clone(),
     ));
 
     let stop_workers = CancellationToken::new();
@@ -94,6 +99,7 @@ pub async fn run(
         store.clone(),
         metrics.clone(),
         settings.dedupe_retention,
+        clock.clone(),
         stop_workers.clone(),
     ));
 
@@ -103,6 +109,7 @@ pub async fn run(
         metrics.clone(),
         wake,
         draining.clone(),
+        clock,
         metrics_listener.is_none(),
     );
     let stop_http = CancellationToken::new();
@@ -142,6 +149,7 @@ fn relay_router(
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     draining: Arc<AtomicBool>,
+    clock: SharedClock,
     with_metrics: bool,
 ) -> Router {
     let ingest_state = IngestState {
@@ -152,8 +160,13 @@ fn relay_router(
         max_body_bytes: settings.max_body_bytes,
         wake,
         draining: draining.clone(),
+        clock: clock.clone(),
     };
-    let health_state = HealthState { store, draining };
+    let health_state = HealthState {
+        store,
+        draining,
+        clock,
+    };
     let mut router = ingest::router(ingest_state).merge(health::router(health_state));
     if with_metrics {
         router = router.merge(health::metrics_router(metrics));
@@ -198,6 +211,7 @@ pub fn delivery_for(
     client: Client,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    clock: SharedClock,
 ) -> Delivery {
     Delivery {
         store,
@@ -206,8 +220,9 @@ pub fn delivery_for(
             settings.subscriber_cache_ttl,
             settings.negative_cache_ttl,
             metrics.clone(),
+            clock.clone(),
         ),
-        catalogue: CatalogueCache::new(settings.catalogue_refresh),
+        catalogue: CatalogueCache::new(settings.catalogue_refresh, clock.clone()),
         rules: Rules {
             trait_mappings: settings.trait_mappings.clone(),
             snake_case_match: settings.snake_case_match,
@@ -225,6 +240,7 @@ pub fn delivery_for(
             },
         },
         wake,
+        clock,
     }
 }
 
@@ -233,6 +249,7 @@ async fn maintenance(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     retention: Duration,
+    clock: SharedClock,
     stop: CancellationToken,
 ) {
     let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
@@ -240,9 +257,9 @@ async fn maintenance(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = gauges.tick() => refresh_gauges(store.as_ref(), &metrics).await,
+            _ = gauges.tick() => refresh_gauges(store.as_ref(), &metrics, clock.wall_ms()).await,
             _ = prune.tick() => {
-                let before = now_ms() - retention.as_millis() as i64;
+                let before = clock.wall_ms() - millis(retention);
                 match store.prune(before).await {
                     Ok(n) if n > 0 => tracing::info!(forgotten = n, "pruned dedupe ids and applied timestamps past retention"),
                     Ok(_) => {}
@@ -253,12 +270,12 @@ async fn maintenance(
     }
 }
 
-pub async fn refresh_gauges(store: &dyn Store, metrics: &Metrics) {
+pub async fn refresh_gauges(store: &dyn Store, metrics: &Metrics, now_ms: i64) {
     match store.stats().await {
         Ok(stats) => {
             let age = stats
                 .oldest_received_ms
-                .map(|t| (now_ms() - t).max(0) as f64 / 1000.0)
+                .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             metrics.set_queue(stats.events, stats.subscribers, age);
             metrics.set_dead_letters(stats.dead_letters);

@@ -9,19 +9,18 @@
 //! - The server's headers are the truth, because other clients share the key: when it says the
 //!   window is spent, or answers 429, every acquisition waits for the reset.
 //! - Pauses only ever extend (the later of the current and the new end wins).
-//! - Time comes from a [`Clock`], so tests run in simulated time instead of sleeping.
+//! - Time comes from the relay's [`Clock`], so tests run in simulated time instead of sleeping.
 
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+
+use crate::clock::SharedClock;
 
 /// Margin added to a server-announced reset, so our first request lands after the server's
 /// window has really turned over (clocks and network latency differ by a few milliseconds).
@@ -32,77 +31,11 @@ pub const RESET_MARGIN: Duration = Duration::from_millis(50);
 /// overflowing an `Instant`).
 pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
-/// A future returned by [`Clock::sleep_until`].
-pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// Where the budget reads the time and how it waits: a parameter so tests can simulate time.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Instant;
-    fn sleep_until(&self, deadline: Instant) -> Sleep<'_>;
-}
-
-/// Real time through tokio's timer (so a paused tokio clock, where enabled, drives it too).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Sleep<'_> {
-        Box::pin(tokio::time::sleep_until(deadline.into()))
-    }
-}
-
-/// Simulated time: it stands still until someone sleeps, and a sleep jumps straight to its
-/// deadline. Lets tests and benchmarks run minutes of rate-limited traffic in microseconds.
-#[derive(Debug)]
-pub struct SimulatedClock {
-    origin: Instant,
-    elapsed_nanos: AtomicU64,
-}
-
-impl SimulatedClock {
-    pub fn new() -> SimulatedClock {
-        SimulatedClock {
-            origin: Instant::now(),
-            elapsed_nanos: AtomicU64::new(0),
-        }
-    }
-
-    /// Moves time forward by `by` (never backwards).
-    pub fn advance(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.elapsed_nanos.fetch_add(nanos, Ordering::SeqCst);
-    }
-}
-
-impl Default for SimulatedClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for SimulatedClock {
-    fn now(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.elapsed_nanos.load(Ordering::SeqCst))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Sleep<'_> {
-        let target = deadline.saturating_duration_since(self.origin);
-        let nanos = u64::try_from(target.as_nanos()).unwrap_or(u64::MAX);
-        self.elapsed_nanos.fetch_max(nanos, Ordering::SeqCst);
-        // Yield so that other tasks interleave as they would while really sleeping.
-        Box::pin(tokio::task::yield_now())
-    }
-}
-
 /// Adapts our clock to governor's, so the token bucket and the pauses share one time source.
 #[derive(Clone)]
-struct SharedClock(Arc<dyn Clock>);
+struct GovernorTime(SharedClock);
 
-impl GovernorClock for SharedClock {
+impl GovernorClock for GovernorTime {
     type Instant = Instant;
 
     fn now(&self) -> Instant {
@@ -110,7 +43,7 @@ impl GovernorClock for SharedClock {
     }
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<Instant>>;
+type Limiter = RateLimiter<NotKeyed, InMemoryState, GovernorTime, NoOpMiddleware<Instant>>;
 
 /// The token bucket's shape for `requests` per `window`: `(burst, replenish period)`.
 ///
@@ -151,19 +84,14 @@ struct ServerView {
 pub struct Budget {
     requests: u32,
     window: Duration,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     limiter: Limiter,
     server: Mutex<ServerView>,
 }
 
 impl Budget {
-    /// `requests` per `window` in real time (see [`quota_for`] for how bursts are bounded).
-    pub fn new(requests: u32, window: Duration) -> Budget {
-        Budget::with_clock(requests, window, Arc::new(TokioClock))
-    }
-
-    /// As [`Budget::new`], with the time source supplied (tests pass a [`SimulatedClock`]).
-    pub fn with_clock(requests: u32, window: Duration, clock: Arc<dyn Clock>) -> Budget {
+    /// `requests` per `window` on `clock` (see [`quota_for`] for how bursts are bounded).
+    pub fn new(requests: u32, window: Duration, clock: SharedClock) -> Budget {
         let (burst, period) = quota_for(requests, window);
         // quota_for never returns a zero period or burst, so these fallbacks are never taken.
         let quota = Quota::with_period(period)
@@ -172,7 +100,7 @@ impl Budget {
         Budget {
             requests,
             window,
-            limiter: RateLimiter::direct_with_clock(quota, SharedClock(clock.clone())),
+            limiter: RateLimiter::direct_with_clock(quota, GovernorTime(clock.clone())),
             clock,
             server: Mutex::new(ServerView::default()),
         }
@@ -221,6 +149,11 @@ impl Budget {
         self.view().last_remaining
     }
 
+    /// The clock this budget waits on (the client reads the time of day from it too).
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// The configured limit: `requests` per `window`.
     pub fn limit(&self) -> (u32, Duration) {
         (self.requests, self.window)
@@ -250,11 +183,14 @@ impl Budget {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::clock::{Clock, SimulatedClock, TokioClock};
 
     fn simulated(requests: u32, window: Duration) -> (Arc<SimulatedClock>, Budget) {
         let clock = Arc::new(SimulatedClock::new());
-        let budget = Budget::with_clock(requests, window, clock.clone());
+        let budget = Budget::new(requests, window, clock.clone());
         (clock, budget)
     }
 
@@ -426,7 +362,7 @@ mod tests {
     /// of 1) take at least 450 ms. A lower bound on elapsed time, which a slow machine can't break.
     #[tokio::test]
     async fn real_clock_really_waits() {
-        let budget = Budget::new(5, Duration::from_millis(200));
+        let budget = Budget::new(5, Duration::from_millis(200), TokioClock::shared());
         let start = Instant::now();
         for _ in 0..10 {
             budget.acquire().await;

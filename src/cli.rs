@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::clock::{Clock, TokioClock};
 use crate::config::{self, ConfigError, Settings};
-use crate::store::{now_ms, DeadLetter, SqliteStore, Store};
+use crate::store::{DeadLetter, SqliteStore, Store};
 use prosperstack_sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
 
 #[derive(Debug, Parser)]
@@ -317,12 +318,12 @@ async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> E
         DeadLetterCommand::Replay { ids, all } => {
             let chosen = if all { None } else { Some(ids) };
             store
-                .replay_dead_letters(chosen, now_ms())
+                .replay_dead_letters(chosen, TokioClock.wall_ms())
                 .await
                 .map(|n| println!("replayed {n} dead letter(s); their events are queued again"))
         }
         DeadLetterCommand::Purge { older_than } => {
-            let before = now_ms() - older_than.as_millis() as i64;
+            let before = TokioClock.wall_ms() - older_than.as_millis() as i64;
             store
                 .purge_dead_letters(before)
                 .await

@@ -23,12 +23,13 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{self, millis, SharedClock};
 use crate::mapping::{self, Catalogue, CatalogueCache, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
-use crate::store::{now_ms, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError};
+use crate::store::{Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError};
 
 /// Longest pause of the whole worker after a failed round.
 const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -58,6 +59,8 @@ pub struct Delivery {
     pub settings: DeliverySettings,
     /// Ingest pokes this after storing, so new work does not wait for a timer.
     pub wake: Arc<Notify>,
+    /// What "now" is for due times, expiry and every wait.
+    pub clock: SharedClock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,7 @@ impl Delivery {
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = clock::sleep(self.clock.as_ref(), delay) => {}
                     }
                 }
             }
@@ -102,19 +105,21 @@ impl Delivery {
     /// Sleeps until the next job is due, ingest wakes us, or shutdown.
     async fn idle(&self, shutdown: &CancellationToken) {
         let wait = match self.store.next_due_ms().await {
-            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
+            Ok(Some(due)) => {
+                Duration::from_millis((due - self.clock.wall_ms()).clamp(1, 1000) as u64)
+            }
             _ => Duration::from_secs(1),
         };
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = clock::sleep(self.clock.as_ref(), wait) => {}
         }
     }
 
     /// Delivers one batch of due jobs; answers how many were handled.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<usize, DeliveryError> {
-        let emails = self.store.due_emails(now_ms(), BATCH).await?;
+        let emails = self.store.due_emails(self.clock.wall_ms(), BATCH).await?;
         if emails.is_empty() {
             return Ok(0);
         }
@@ -162,7 +167,9 @@ impl Delivery {
             return Ok(None);
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
-        self.store.finish(vec![result], now_ms()).await?;
+        self.store
+            .finish(vec![result], self.clock.wall_ms())
+            .await?;
         Ok(trouble)
     }
 
@@ -326,7 +333,7 @@ impl Delivery {
     }
 
     fn after_failure(&self, job: &Job, attempts: u32, error: &ApiError) -> JobOutcome {
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         let expired = now - job.first_queued_ms > millis(self.settings.retry_window);
         match retry::decide(error, attempts, &self.settings.backoff, rand::random()) {
             Decision::GiveUp => JobOutcome::DeadLetter {
@@ -356,7 +363,7 @@ impl Delivery {
     }
 
     fn wait_for_subscriber(&self, job: &Job, attempts: u32) -> JobOutcome {
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         let since = job.waiting_since_ms.unwrap_or(now);
         if now - since >= millis(self.settings.subscriber_wait) {
             return JobOutcome::DeadLetter {
@@ -446,10 +453,6 @@ fn culprit(message: &str, changes: &Map<String, Value>) -> Option<String> {
         .filter(|k| message.contains(k.as_str()))
         .collect();
     (bare.len() == 1).then(|| bare[0].clone())
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

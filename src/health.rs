@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -21,6 +22,7 @@ use crate::store::Store;
 pub struct HealthState {
     pub store: Arc<dyn Store>,
     pub draining: Arc<AtomicBool>,
+    pub clock: SharedClock,
 }
 
 /// `/healthz` and `/readyz`.
@@ -47,7 +49,11 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
     if state.draining.load(Ordering::SeqCst) {
         return not_ready("draining: shutting down");
     }
-    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
+    let ping = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.store.ping(state.clock.wall_ms()),
+    )
+    .await;
     match ping {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(e)) => not_ready(&format!("store: {e}")),

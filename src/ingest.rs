@@ -31,10 +31,11 @@ use sha1::Sha1;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
+use crate::clock::SharedClock;
 use crate::config::Secret;
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Incoming, IngestOutcome, Store, StoreError};
+use crate::store::{Incoming, IngestOutcome, Store, StoreError};
 
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +49,8 @@ pub struct IngestState {
     pub wake: Arc<Notify>,
     /// Set while shutting down: new events are refused with 503 so Segment retries them.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Dates each event's arrival.
+    pub clock: SharedClock,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -277,7 +280,7 @@ struct Sent {
 /// Normalises each event, stores the valid ones in one call, and builds the answer. Event
 /// types the relay ignores are counted here and never reach the store.
 async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answer, IngestError> {
-    let received = now_ms();
+    let received = state.clock.wall_ms();
     let mut answer = Answer::default();
     let mut sent: Vec<Sent> = Vec::new();
     let mut incoming: Vec<Incoming> = Vec::new();

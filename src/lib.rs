@@ -24,6 +24,7 @@
 pub mod app;
 pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod health;

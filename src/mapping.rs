@@ -28,6 +28,7 @@ use heck::ToSnakeCase;
 use serde_json::{Map, Number, Value};
 use tokio::sync::Mutex;
 
+use crate::clock::SharedClock;
 use crate::prosperstack::{ApiError, Client, Property, PropertyType};
 use crate::store::Job;
 
@@ -232,13 +233,15 @@ pub fn readable_name(key: &str) -> String {
 /// than `refresh` or when invalidated (a property was created, or ProsperStack refused one).
 pub struct CatalogueCache {
     refresh: Duration,
+    clock: SharedClock,
     current: Mutex<Option<(Instant, Arc<Catalogue>)>>,
 }
 
 impl CatalogueCache {
-    pub fn new(refresh: Duration) -> CatalogueCache {
+    pub fn new(refresh: Duration, clock: SharedClock) -> CatalogueCache {
         CatalogueCache {
             refresh,
+            clock,
             current: Mutex::new(None),
         }
     }
@@ -246,12 +249,12 @@ impl CatalogueCache {
     pub async fn get(&self, client: &Client) -> Result<Arc<Catalogue>, ApiError> {
         let mut current = self.current.lock().await;
         if let Some((at, catalogue)) = current.as_ref() {
-            if at.elapsed() < self.refresh {
+            if self.clock.now().saturating_duration_since(*at) < self.refresh {
                 return Ok(catalogue.clone());
             }
         }
         let catalogue = Arc::new(Catalogue::new(client.all_properties().await?));
-        *current = Some((Instant::now(), catalogue.clone()));
+        *current = Some((self.clock.now(), catalogue.clone()));
         Ok(catalogue)
     }
 

@@ -21,11 +21,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use serde_json::{Map, Value};
 
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, Subscriber};
 
@@ -59,11 +60,51 @@ pub struct WalkReport {
 }
 
 pub struct Resolver {
-    found: Cache<String, Known>,
-    missing: Cache<String, ()>,
+    found: TtlCache<Known>,
+    missing: TtlCache<()>,
     /// Pages of the last complete directory walk (0: never walked).
     directory_pages: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// A moka cache whose entries expire on the relay's clock. Moka's own time-to-live (on its
+/// internal clock) only reclaims memory; whether an entry is still good is decided here, so a
+/// test on a paused clock sees a TTL pass exactly when the relay would.
+struct TtlCache<T> {
+    entries: Cache<String, (T, Instant)>,
+    ttl: Duration,
+    clock: SharedClock,
+}
+
+impl<T: Clone + Send + Sync + 'static> TtlCache<T> {
+    fn new(ttl: Duration, clock: SharedClock) -> TtlCache<T> {
+        TtlCache {
+            entries: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(ttl)
+                .build(),
+            ttl,
+            clock,
+        }
+    }
+
+    async fn get(&self, email: &str) -> Option<T> {
+        let (value, expires) = self.entries.get(email).await?;
+        if expires > self.clock.now() {
+            return Some(value);
+        }
+        self.entries.invalidate(email).await;
+        None
+    }
+
+    async fn insert(&self, email: String, value: T) {
+        let expires = self.clock.now() + self.ttl;
+        self.entries.insert(email, (value, expires)).await;
+    }
+
+    async fn invalidate(&self, email: &str) {
+        self.entries.invalidate(email).await;
+    }
 }
 
 /// The warm-up rule: page the directory when `unresolved` emails would cost more look-ups than
@@ -78,16 +119,15 @@ pub fn should_warm(unresolved: u64, known_pages: Option<u64>) -> bool {
 }
 
 impl Resolver {
-    pub fn new(ttl: Duration, negative_ttl: Duration, metrics: Arc<Metrics>) -> Resolver {
+    pub fn new(
+        ttl: Duration,
+        negative_ttl: Duration,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Resolver {
         Resolver {
-            found: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(ttl)
-                .build(),
-            missing: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(negative_ttl)
-                .build(),
+            found: TtlCache::new(ttl, clock.clone()),
+            missing: TtlCache::new(negative_ttl, clock),
             directory_pages: AtomicU64::new(0),
             metrics,
         }

@@ -278,7 +278,8 @@ impl Client {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Bytes, ApiError> {
-        let Some(error) = classify(status, headers, &body, self.budget.limit().1) else {
+        let now = wall_time(self.budget.clock().wall_ms());
+        let Some(error) = classify(status, headers, &body, self.budget.limit().1, now) else {
             return Ok(body);
         };
         if let ApiError::RateLimited { wait } = &error {
@@ -305,12 +306,13 @@ impl Client {
 }
 
 /// Sorts a response by status: `None` for success, else the error the caller must handle.
-/// `window` is the wait for a 429 whose headers name no delay.
+/// `window` is the wait for a 429 whose headers name no delay; `now` dates a `Retry-After` date.
 fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     window: Duration,
+    now: SystemTime,
 ) -> Option<ApiError> {
     if status.is_success() {
         return None;
@@ -320,7 +322,7 @@ fn classify(
     let message = || error_message(status, body);
     Some(match status.as_u16() {
         429 => ApiError::RateLimited {
-            wait: delay_from_headers(reset, retry_after, SystemTime::now()).unwrap_or(window),
+            wait: delay_from_headers(reset, retry_after, now).unwrap_or(window),
         },
         401 | 403 => ApiError::Unauthorized {
             status: status.as_u16(),
@@ -330,7 +332,7 @@ fn classify(
         // RateLimit-Reset speaks of the rate window, not of an outage: only Retry-After counts.
         408 | 500..=599 => ApiError::Retryable {
             reason: format!("{}: {}", status.as_u16(), message()),
-            retry_after: delay_from_headers(None, retry_after, SystemTime::now()),
+            retry_after: delay_from_headers(None, retry_after, now),
         },
         // Other 4xx, and 1xx/3xx that a JSON API should never send (redirects are not followed).
         code => ApiError::Rejected {
@@ -417,6 +419,12 @@ fn update_endpoint() -> &'static str {
         "POST" => "POST /v1/subscribers/{id}",
         _ => "PUT /v1/subscribers/{id}",
     }
+}
+
+/// Milliseconds since the epoch as a `SystemTime` (the epoch itself for an impossible value).
+fn wall_time(ms: i64) -> SystemTime {
+    let since_epoch = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    SystemTime::UNIX_EPOCH + since_epoch
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

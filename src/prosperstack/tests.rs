@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::json;
 
 use super::*;
-use crate::budget::{Clock, SimulatedClock};
+use crate::clock::{Clock, SimulatedClock, TokioClock};
 
 const SECRET: &str = "key_test_SECRETSECRET";
 
@@ -68,11 +68,7 @@ struct Rig {
 /// A client for `base` with SECRET, a simulated-time budget of 100/min and fresh metrics.
 fn rig(base: Url, key: &str, timeout: Duration) -> Rig {
     let clock = Arc::new(SimulatedClock::new());
-    let budget = Arc::new(Budget::with_clock(
-        100,
-        Duration::from_secs(60),
-        clock.clone(),
-    ));
+    let budget = Arc::new(Budget::new(100, Duration::from_secs(60), clock.clone()));
     let metrics = Arc::new(Metrics::new());
     let key = ApiKey::parse(key).expect("valid key");
     let client = Client::new(base, key, budget, metrics.clone(), timeout).expect("client");
@@ -497,7 +493,11 @@ fn urls_keep_the_base_prefix() {
 #[test]
 fn unusable_base_url_is_refused() {
     for base in ["mailto:ops@example.com", "ftp://h/"] {
-        let budget = Arc::new(Budget::new(100, Duration::from_secs(60)));
+        let budget = Arc::new(Budget::new(
+            100,
+            Duration::from_secs(60),
+            TokioClock::shared(),
+        ));
         let key = ApiKey::parse(SECRET).expect("valid key");
         let url = Url::parse(base).expect("url");
         let made = Client::new(
@@ -520,7 +520,7 @@ fn classify_table() {
     let window = Duration::from_secs(60);
     let kind = |code: u16| {
         let status = StatusCode::from_u16(code).expect("status");
-        match classify(status, &HeaderMap::new(), b"", window) {
+        match classify(status, &HeaderMap::new(), b"", window, SystemTime::now()) {
             None => "ok",
             Some(ApiError::Retryable { .. }) => "retryable",
             Some(ApiError::RateLimited { .. }) => "rate_limited",

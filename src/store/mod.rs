@@ -176,8 +176,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records the results of delivery attempts, all in one transaction.
     async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<(), StoreError>;
     async fn stats(&self) -> Result<QueueStats, StoreError>;
-    /// A real round trip (write and read) for readiness.
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// A real round trip (write and read) for readiness, writing `now_ms`.
+    async fn ping(&self, now_ms: i64) -> Result<(), StoreError>;
     /// Forgets seen message ids and applied timestamps older than `before_ms`.
     async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
@@ -188,9 +188,4 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<usize, StoreError>;
     async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError>;
-}
-
-/// Milliseconds since the epoch, the store's time unit.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -165,7 +165,14 @@ impl SqliteStore {
             })
         });
         self.ops.send(op).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        // The commit happens on the writer thread, out of tokio's sight. Waiting for it from the
+        // blocking pool tells tokio that work is under way, so a paused test clock does not
+        // jump to the next timer (a request timeout, say) while a commit is being written.
+        let answered = tokio::task::spawn_blocking(move || answer.blocking_recv()).await;
+        match answered {
+            Ok(Ok(result)) => result,
+            _ => Err(StoreError::Closed),
+        }
     }
 }
 
@@ -321,8 +328,7 @@ impl Store for SqliteStore {
         .map_err(|_| StoreError::Closed)?
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        let at = super::now_ms();
+    async fn ping(&self, at: i64) -> Result<(), StoreError> {
         let read: i64 = self
             .call(move |c, _| {
                 c.execute(

@@ -8,7 +8,7 @@ use prosperstack_sandbox::SandboxConfig;
 use serde_json::{json, Value};
 
 /// Events queued before a subscriber's update is sent join that update, not a second one.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn events_queued_before_the_update_is_sent_join_it() {
     // 2 requests a second: five subscribers (a look-up and an update each) take seconds.
     let sb = start_sandbox(SandboxConfig {

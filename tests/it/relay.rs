@@ -371,7 +371,7 @@ async fn hostile_bodies_are_4xx_and_relay_stays_healthy() {
 
 /// The limiter keeps the relay under the sandbox's limit (10 requests per 2 s): however many
 /// subscribers are queued, the sandbox never answers 429.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn limiter_never_causes_429() {
     let sb = start_sandbox(SandboxConfig {
         rate_limit_requests: 10,

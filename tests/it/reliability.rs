@@ -182,7 +182,7 @@ async fn duplicate_message_ids_are_applied_once() {
 }
 
 /// An update for an email with no subscriber yet waits and arrives once the subscriber exists.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn subscriber_created_after_its_events_gets_them() {
     let sb = demo_sandbox().await;
     let relay = TestRelay::start(&sb.url, &[]).await;
@@ -210,7 +210,7 @@ async fn subscriber_created_after_its_events_gets_them() {
 }
 
 /// An upstream outage (20 answers of 503) loses nothing: all events arrive afterwards.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_outage_loses_nothing() {
     let sb = demo_sandbox().await;
     let relay = TestRelay::start(&sb.url, &[]).await;
@@ -338,7 +338,7 @@ async fn refused_property_dead_letters_only_that_property() {
 }
 
 /// `dead-letters replay --all` beside a running relay applies the refused value, now typed.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn replayed_dead_letter_applies_after_the_type_change() {
     let sb = demo_sandbox().await;
     let relay = TestRelay::start(&sb.url, &[]).await;

@@ -26,6 +26,7 @@ use super::harness::{relay_settings, scrape, start_sandbox, temp_dir, RunningRel
 use super::load::{self, BodyMaker, LoadResult};
 use super::measure::{cpu_between, filesystem_of, ms, thread_cpu, thread_writes, RunInfo, Target};
 use super::{BenchError, Report};
+use prosperstack_relay::clock::Clock;
 use prosperstack_relay::store::{SqliteStore, Store};
 
 /// How often the relay refreshes its queue gauges (`app.rs`, `GAUGE_INTERVAL`): stalls that
@@ -132,17 +133,15 @@ async fn store_alone(
                 while Instant::now() < end {
                     let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let sent = Instant::now();
+                    let clock = prosperstack_relay::clock::TokioClock;
                     let raw = body(n);
                     let stored = match serde_json::from_str::<serde_json::Value>(&raw) {
                         Ok(value) => {
-                            match prosperstack_relay::identify::normalise(
-                                &value,
-                                prosperstack_relay::store::now_ms(),
-                            ) {
+                            match prosperstack_relay::identify::normalise(&value, clock.wall_ms()) {
                                 Ok(event) => store
                                     .ingest(
                                         vec![prosperstack_relay::store::Incoming { event, raw }],
-                                        prosperstack_relay::store::now_ms(),
+                                        clock.wall_ms(),
                                     )
                                     .await
                                     .is_ok(),

@@ -17,6 +17,7 @@ use super::recorder::{Recorded, RequestKind};
 use super::workload::{pair_of, Workload, AUDIENCES};
 use super::BenchError;
 use prosperstack_relay::budget::Budget;
+use prosperstack_relay::clock::TokioClock;
 use prosperstack_relay::metrics::Metrics;
 use prosperstack_relay::prosperstack::{ApiKey, Client};
 use prosperstack_sandbox::SANDBOX_API_KEY;
@@ -89,7 +90,7 @@ pub async fn run(
     let client = Client::new(
         url,
         key,
-        Arc::new(Budget::new(limit.0, limit.1)),
+        Arc::new(Budget::new(limit.0, limit.1, TokioClock::shared())),
         Arc::new(Metrics::new()),
         Duration::from_secs(10),
     )?;

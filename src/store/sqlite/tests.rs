@@ -244,7 +244,7 @@ async fn prune_forgets_old_ids() {
 async fn data_dir_is_locked() {
     let (dir, s) = open();
     assert!(SqliteStore::open(dir.path(), StoreOptions::default()).is_err());
-    s.ping().await.unwrap();
+    s.ping(1).await.unwrap();
 }
 
 /// Many concurrent ingests all commit (group commit answers each after its commit).
