@@ -178,7 +178,7 @@ fn relay_router(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(crate::telemetry::request_layer())
+        .layer(axum::middleware::from_fn(crate::telemetry::log_request))
 }
 
 fn spawn_server(

@@ -248,7 +248,7 @@ impl Delivery {
                 }
                 Err(ApiError::Rejected { status, message }) => {
                     let culprit = culprit(&message, &changes);
-                    tracing::warn!(status, message = %crate::prosperstack::redact_emails(&message), property = culprit.as_deref().unwrap_or("?"), "ProsperStack refused an update");
+                    tracing::warn!(status, message = %crate::telemetry::redact_emails(&message), property = culprit.as_deref().unwrap_or("?"), "ProsperStack refused an update");
                     let key = match culprit {
                         Some(key) => key,
                         // Nothing names a property: isolate by sending one at a time.
@@ -327,7 +327,7 @@ impl Delivery {
         for (key, reason) in &plan.dropped {
             self.metrics.value_dropped();
             // The reason quotes the value, which could be personal data: no emails at info.
-            let reason = crate::prosperstack::redact_emails(reason);
+            let reason = crate::telemetry::redact_emails(reason);
             tracing::info!(property = %key, %reason, "value dropped");
         }
     }
@@ -379,7 +379,8 @@ impl Delivery {
             self.settings.waiting_retry_min,
             self.settings.waiting_retry_max,
         );
-        tracing::debug!(email = %job.email, delay_ms = delay.as_millis() as u64, "no subscriber yet; waiting");
+        let subscriber = crate::telemetry::email_tag(&job.email);
+        tracing::debug!(%subscriber, delay_ms = delay.as_millis() as u64, "no subscriber yet; waiting");
         JobOutcome::RetryAt {
             at_ms: now + millis(delay),
             attempts,

@@ -36,6 +36,7 @@ use crate::config::Secret;
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
 use crate::store::{Incoming, IngestOutcome, Store, StoreError};
+use crate::telemetry::redact_emails;
 
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
@@ -78,33 +79,64 @@ pub enum IngestError {
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        let (status, body) = match self {
-            IngestError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, message(why)),
-            IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, message(&self.to_string())),
-            IngestError::Malformed(why) => (StatusCode::BAD_REQUEST, message(&why)),
+        self.log();
+        let status = self.status();
+        let body = match self {
             IngestError::AllRejected(answer) => {
-                let status = answer.rejected.first().map(|r| r.status).unwrap_or(400);
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                let first = answer.rejected.first().map(|r| r.error.clone());
                 let mut body = serde_json::to_value(&answer).unwrap_or_default();
-                if let (Some(obj), Some(first)) = (body.as_object_mut(), answer.rejected.first()) {
-                    obj.insert("message".into(), Value::String(first.error.clone()));
+                if let (Some(obj), Some(first)) = (body.as_object_mut(), first) {
+                    obj.insert("message".into(), Value::String(first));
                 }
-                (status, body)
+                body
             }
-            IngestError::Store(e) => {
-                // Logged once here; the body does not leak internals.
-                tracing::error!(error = %e, "cannot store events; answering 503 so Segment retries");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message("the relay cannot store events right now; retry later"),
-                )
+            // The body does not leak internals; the log has them.
+            IngestError::Store(_) => {
+                message("the relay cannot store events right now; retry later")
             }
-            IngestError::Draining => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                message("the relay is shutting down; retry later"),
-            ),
+            IngestError::Draining => message("the relay is shutting down; retry later"),
+            other => message(&other.to_string()),
         };
         (status, Json(body)).into_response()
+    }
+}
+
+impl IngestError {
+    /// The answer's status; a request whose every event was refused takes the first refusal's.
+    fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Malformed(_) => StatusCode::BAD_REQUEST,
+            IngestError::AllRejected(answer) => answer
+                .rejected
+                .first()
+                .and_then(|r| StatusCode::from_u16(r.status).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            IngestError::Store(_) | IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Logs a refusal once, with its reason (never the body): a refused request is either
+    /// Segment's event lost for good (4xx) or retried (503), and an operator must see which.
+    fn log(&self) {
+        let status = self.status().as_u16();
+        match self {
+            IngestError::Store(e) => {
+                tracing::error!(error = %e, "cannot store events; answering 503 so Segment retries")
+            }
+            IngestError::Draining => tracing::info!(status, "refused a request while draining"),
+            IngestError::AllRejected(answer) => {
+                let first = answer.rejected.first().map(|r| redact_emails(&r.error));
+                let reason = first.as_deref().unwrap_or("?");
+                let rejected = answer.rejected.len();
+                tracing::info!(status, rejected, reason, "refused every event of a request");
+            }
+            _ => {
+                let reason = redact_emails(&self.to_string());
+                tracing::info!(status, %reason, "refused a request");
+            }
+        }
     }
 }
 

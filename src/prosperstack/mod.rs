@@ -30,6 +30,7 @@ use url::Url;
 
 use crate::budget::Budget;
 use crate::metrics::Metrics;
+use crate::telemetry::redact_emails;
 use headers::{delay_from_headers, parse_seconds};
 
 pub use types::{
@@ -184,7 +185,8 @@ impl Client {
         if found.is_none() && returned > 0 {
             tracing::warn!("ProsperStack answered an email look-up with a different subscriber");
         }
-        tracing::debug!(%email, found = found.is_some(), "subscriber look-up");
+        let subscriber = crate::telemetry::email_tag(email);
+        tracing::debug!(%subscriber, found = found.is_some(), "subscriber look-up");
         Ok(found)
     }
 
@@ -429,14 +431,6 @@ fn wall_time(ms: i64) -> SystemTime {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Replaces every word containing `@` so an API message quoting an email can be logged.
-pub(crate) fn redact_emails(text: &str) -> String {
-    text.split(' ')
-        .map(|word| if word.contains('@') { "[email]" } else { word })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

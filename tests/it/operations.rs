@@ -476,14 +476,22 @@ async fn info_logs_are_json_without_secrets_or_emails() {
     );
 }
 
-/// Even at trace, no secret appears in the logs (emails may).
+/// Even at trace, no secret and no email appears in the logs, and a log written to a file
+/// carries no ANSI colour codes.
 #[tokio::test]
-async fn trace_logs_carry_no_secrets() {
+async fn trace_logs_carry_no_secrets_emails_or_colours() {
     let text = captured_log("trace", "text").await;
     assert!(!text.is_empty(), "nothing was logged at trace");
     for secret in secrets() {
         assert!(!text.contains(&secret), "{secret:?} in the trace log");
     }
+    let email_lines: Vec<&str> = text.lines().filter(|l| l.contains(LOG_EMAIL)).collect();
+    assert!(
+        email_lines.is_empty(),
+        "emails in the trace log:\n{}",
+        email_lines.join("\n")
+    );
+    assert!(!text.contains('\u{1b}'), "ANSI escape codes in a log file");
 }
 
 // ---- 6. configuration errors ----

@@ -25,9 +25,14 @@ use tokio::time::Instant;
 use super::page::PageRequest;
 use super::property::{Entity, NewProperty};
 use super::state::{Page, SubscriberFilter};
-use super::{PropertyView, Sandbox, SandboxError};
+use super::{PropertyView, Sandbox, SandboxError, UpdateVerb};
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
+    let subscriber = get(get_subscriber);
+    let subscriber = match sandbox.config().update_verb {
+        UpdateVerb::Put => subscriber.put(update_subscriber),
+        UpdateVerb::Patch => subscriber.patch(update_subscriber),
+    };
     let v1 = Router::new()
         .route("/properties", get(list_properties).post(create_property))
         .route(
@@ -35,10 +40,7 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
             get(get_property).delete(delete_property),
         )
         .route("/subscribers", get(list_subscribers))
-        .route(
-            "/subscribers/{id}",
-            get(get_subscriber).put(update_subscriber),
-        )
+        .route("/subscribers/{id}", subscriber)
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(sandbox.clone(), gate))
         .with_state(sandbox);

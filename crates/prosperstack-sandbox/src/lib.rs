@@ -72,6 +72,30 @@ pub struct SandboxConfig {
     /// Start with demo data: eight subscriber properties (one of each type and format), one
     /// subscription property (`plan_tier`) and three subscribers.
     pub seed_demo: bool,
+    /// The one verb "Update a subscriber" answers to; the other gets 405 with an `Allow` header.
+    pub update_verb: UpdateVerb,
+}
+
+/// The HTTP verb of "Update a subscriber". The API reference does not name it, and a real server
+/// accepts one: the sandbox accepts exactly the configured one, so a client that guesses wrong
+/// meets the 405 it would meet in production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpdateVerb {
+    #[default]
+    Put,
+    Patch,
+}
+
+impl std::str::FromStr for UpdateVerb {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<UpdateVerb, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "PUT" => Ok(UpdateVerb::Put),
+            "PATCH" => Ok(UpdateVerb::Patch),
+            other => Err(format!("{other:?} is not PUT or PATCH")),
+        }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -81,6 +105,7 @@ impl Default for SandboxConfig {
             rate_limit_requests: 100,
             rate_limit_window: Duration::from_secs(60),
             seed_demo: true,
+            update_verb: UpdateVerb::Put,
         }
     }
 }

@@ -313,3 +313,30 @@ async fn deleted_property_keeps_stored_values() {
         "a deleted key can be reused"
     );
 }
+
+/// A sandbox that takes PATCH for updates answers PUT with a JSON 405 naming the allowed verbs,
+/// changes nothing, and applies the same update sent with PATCH.
+#[tokio::test]
+async fn update_verb_is_configurable_and_the_other_is_405() {
+    let sandbox = Sandbox::new(super::SandboxConfig {
+        update_verb: super::UpdateVerb::Patch,
+        ..super::SandboxConfig::default()
+    });
+    let id = subscriber_id(&sandbox, MARIA);
+    let body = json!({"properties": {"preferred_name": "Mari"}});
+    let path = format!("/v1/subscribers/{id}");
+    let refused = call(&sandbox, "PUT", &path, Some(body.clone())).await;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        refused.header("allow").contains("PATCH"),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.error().is_empty());
+    assert_eq!(stored(&sandbox)["preferred_name"], Value::Null);
+    let applied = call(&sandbox, "PATCH", &path, Some(body)).await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    assert_eq!(stored(&sandbox)["preferred_name"], "Mari");
+    assert_eq!("patch".parse(), Ok(super::UpdateVerb::Patch));
+    assert!("POST".parse::<super::UpdateVerb>().is_err());
+}
