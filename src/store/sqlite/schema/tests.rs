@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::identify;
 use crate::store::sqlite::{SqliteStore, StoreOptions};
-use crate::store::{Incoming, IngestOutcome, Store};
+use crate::store::{Incoming, IngestOutcome, QueueStats, Store};
 
 /// A store written by the relay at commit b6012cf, before schema versions (see its README).
 const FIXTURE_V0: &str = concat!(
@@ -64,7 +64,7 @@ fn migrations_are_numbered_in_order() {
 async fn fresh_store_gets_the_latest_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store.ping().await.expect("usable");
+    assert_eq!(store.stats().await.expect("stats"), QueueStats::default());
     assert_eq!(stored_version(dir.path()), migrate::latest(MIGRATIONS));
 }
 
@@ -119,8 +119,12 @@ async fn v0_fixture_is_upgraded() {
     let dir = fixture_copy();
     assert_eq!(stored_version(dir.path()), 0);
     let store = open(dir.path());
-    store.ping().await.expect("usable");
     assert_eq!(stored_version(dir.path()), migrate::latest(MIGRATIONS));
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        (stats.events, stats.subscribers, stats.dead_letters),
+        (3, 2, 1)
+    );
 }
 
 /// The fixture's queued events survive the upgrade, with their traits and Engage computation.
