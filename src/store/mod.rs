@@ -24,7 +24,13 @@
 //!   was first found missing and the last error; these survive restarts.
 //! - **Dead letters** keep the reason, the attempts, the properties concerned and the original
 //!   events' JSON; replay puts the original events back in the queue.
+//! - **Schema versions.** The store records the version of its schema and moves it only through
+//!   the ordered steps of `migrate`, each applied in one transaction with its version, by the
+//!   process that owns the store (the relay, at start); a store written by a newer release is
+//!   refused untouched ([`StoreError::NewerSchema`]), and a tool opening a store beside a
+//!   running relay refuses one it would have to upgrade ([`StoreError::OlderSchema`]).
 
+mod migrate;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -153,6 +159,30 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the transaction could not be committed: {0}")]
     Commit(String),
+    /// The store's schema is newer than this release knows; nothing in it was changed.
+    /// `setting` names where the store's location is configured.
+    #[error(
+        "the store in {location} was written by a newer prosperstack-relay (schema version \
+         {found}; this release knows up to {known}): upgrade the relay, or point {setting} elsewhere"
+    )]
+    NewerSchema {
+        location: String,
+        setting: &'static str,
+        found: u32,
+        known: u32,
+    },
+    /// The store needs an upgrade that only the relay performs when it opens the store (a tool
+    /// opening it beside a running older relay must not change the schema under it).
+    #[error(
+        "the store in {location} is at schema version {found} and this release needs {latest}: \
+         only the relay upgrades a store, when it starts; start this release's relay on it \
+         (`prosperstack-relay serve`, after stopping any older one), then try again"
+    )]
+    OlderSchema {
+        location: String,
+        found: u32,
+        latest: u32,
+    },
 }
 
 /// The durable queue. One implementation today (SQLite); the trait is the seam for a shared

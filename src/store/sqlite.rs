@@ -2,6 +2,9 @@
 //! `synchronous=FULL`, owned by one writer thread that commits whatever requests are waiting
 //! in one transaction (group commit). Each request runs inside a savepoint, so one failing
 //! request never spoils its neighbours; replies are sent only after the commit.
+//!
+//! The schema is versioned (`schema`): `open`, the relay, upgrades an older store before using
+//! it; `open_shared`, for tools, accepts only a store already at the latest version.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,60 +21,10 @@ use super::{
 };
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
+mod schema;
+
 /// How many waiting requests one transaction takes at most.
 const MAX_GROUP: usize = 256;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    email TEXT NOT NULL,
-    user_id TEXT,
-    ts_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    traits TEXT NOT NULL,
-    engage TEXT,
-    raw TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_email ON events(email, id);
-CREATE INDEX IF NOT EXISTS events_user ON events(user_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    email TEXT PRIMARY KEY,
-    next_attempt_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    first_queued_ms INTEGER NOT NULL,
-    waiting_since_ms INTEGER,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(next_attempt_ms);
-CREATE TABLE IF NOT EXISTS seen (
-    message_id TEXT PRIMARY KEY,
-    seen_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_age ON seen(seen_ms);
-CREATE TABLE IF NOT EXISTS user_emails (
-    user_id TEXT PRIMARY KEY,
-    email TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS applied (
-    email TEXT NOT NULL,
-    key TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (email, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    email TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    properties TEXT NOT NULL,
-    events TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
-";
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
@@ -93,13 +46,17 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on the
-    /// directory so that two relays can never deliver from the same queue.
+    /// directory so that two relays can never deliver from the same queue, and upgrades its
+    /// schema to the latest version. A store written by a newer release is refused untouched.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
         Self::open_with(dir, options, true)
     }
 
     /// Opens the store without the directory lock, for administration (dead letters) while
-    /// a relay runs: SQLite serialises the two processes' writes.
+    /// a relay runs: SQLite serialises the two processes' writes. It never changes the schema:
+    /// a store not exactly at this release's version is refused untouched, since upgrading it
+    /// under a running older relay would leave that relay on a schema it does not know (and
+    /// the relay, which upgrades when it starts, is the one that decides when the store moves).
     pub fn open_shared(dir: &Path) -> Result<SqliteStore, StoreError> {
         if !dir.join("relay.db").exists() {
             return Err(StoreError::DataDir {
@@ -110,13 +67,15 @@ impl SqliteStore {
         Self::open_with(dir, StoreOptions::default(), false)
     }
 
+    /// `exclusive`: the relay itself, which holds the directory lock and may upgrade the schema.
     fn open_with(
         dir: &Path,
         options: StoreOptions,
         exclusive: bool,
     ) -> Result<SqliteStore, StoreError> {
+        let location = dir.display().to_string();
         let data_dir_error = |reason: String| StoreError::DataDir {
-            path: dir.display().to_string(),
+            path: location.clone(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
@@ -125,14 +84,18 @@ impl SqliteStore {
         } else {
             None
         };
-        let conn = Connection::open(dir.join("relay.db"))?;
+        let mut conn = Connection::open(dir.join("relay.db"))?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+        // Judged before any setting is written: a store this release may not use stays as it is.
+        schema::check(schema::version(&conn)?, &location, exclusive)?;
         // temp_store=MEMORY keeps each request's savepoint journal off the disk: it is only
         // for rolling one request back, the WAL is what makes a commit durable.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
-             PRAGMA temp_store=MEMORY;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;",
         )?;
-        conn.execute_batch(SCHEMA)?;
+        if exclusive {
+            schema::upgrade(&mut conn, &location)?;
+        }
         // Queue figures are counted on a reader of their own: WAL lets it read while the
         // writer commits, so a count over a million queued events never holds up ingest.
         let reader = Connection::open_with_flags(

@@ -8,6 +8,7 @@
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
+//! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
 //! - [`common`]: the harness they share.
 
 mod coalesce;
@@ -18,3 +19,4 @@ mod latest_wins;
 mod operations;
 mod relay;
 mod reliability;
+mod upgrade;
