@@ -19,17 +19,57 @@
 //! Only `subscriber` properties are considered. Latest wins: for each property the value from
 //! the event with the latest `timestamp` is chosen, and it is dropped when a value with a later
 //! timestamp was already delivered.
+//!
+//! Configured by [`MappingSettings`] (the `[mapping]` section) and the `[trait_mappings]` table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heck::ToSnakeCase;
+use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use tokio::sync::Mutex;
 
+use crate::config::ConfigError;
 use crate::prosperstack::{ApiError, Client, Property, PropertyType};
 use crate::store::Job;
+
+/// The `[mapping]` section: which matching rules apply and how fresh the catalogue is.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MappingSettings {
+    /// Rule 4: a trait whose snake_case form equals a property key matches.
+    pub snake_case_match: bool,
+    /// Create a boolean subscriber property for an Engage audience that has none.
+    pub create_audience_properties: bool,
+    /// How long the property catalogue is cached.
+    #[serde(with = "humantime_serde")]
+    pub catalogue_refresh: Duration,
+}
+
+impl Default for MappingSettings {
+    fn default() -> Self {
+        MappingSettings {
+            snake_case_match: true,
+            create_audience_properties: false,
+            catalogue_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[trait_mappings]`: a mapping must name both a trait and a property.
+pub fn check_trait_mappings(mappings: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, key) in mappings {
+        if name.is_empty() || key.trim().is_empty() {
+            return Err(ConfigError::at(
+                "trait_mappings",
+                format!("{name:?} = {key:?}: trait names and property keys must not be empty"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The subscriber properties, indexed the ways matching needs.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +101,13 @@ pub struct Rules {
 }
 
 impl Rules {
+    pub fn new(settings: &MappingSettings, trait_mappings: &BTreeMap<String, String>) -> Rules {
+        Rules {
+            trait_mappings: trait_mappings.clone(),
+            snake_case_match: settings.snake_case_match,
+        }
+    }
+
     /// The property a trait name maps to, by the module's precedence.
     pub fn match_trait<'c>(&self, name: &str, catalogue: &'c Catalogue) -> Option<&'c Property> {
         if let Some(key) = self.trait_mappings.get(name) {

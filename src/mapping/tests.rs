@@ -213,3 +213,16 @@ fn readable_names() {
         "Order completed last 30days"
     );
 }
+
+/// The `[mapping]` section's rules reach the matcher with the configured mappings.
+#[test]
+fn rules_from_settings() {
+    let settings = MappingSettings {
+        snake_case_match: false,
+        ..MappingSettings::default()
+    };
+    let mappings = BTreeMap::from([("Nickname".to_string(), "preferred_name".to_string())]);
+    let rules = Rules::new(&settings, &mappings);
+    assert!(!rules.snake_case_match);
+    assert_eq!(rules.trait_mappings, mappings);
+}

@@ -612,3 +612,17 @@ async fn healthcheck_honours_listen_from_the_config_file() {
         done.stderr
     );
 }
+
+/// `healthcheck` needs no secrets: an unreadable key file (as in a container where only the
+/// relay's user may read it) does not fail it.
+#[tokio::test]
+async fn healthcheck_ignores_unreadable_secrets() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let mut cmd = relay_command(&["healthcheck"]);
+    cmd.env("RELAY_LISTEN", format!("0.0.0.0:{}", port_of(&relay.url)))
+        .env("PROSPERSTACK_API_KEY_FILE", "/no/such/secret")
+        .env("SEGMENT_SHARED_SECRET_FILE", "/no/such/secret");
+    let done = run_to_exit(cmd, PATIENCE).await;
+    assert!(done.status.success(), "{:?}: {}", done.status, done.stderr);
+}
