@@ -2,10 +2,10 @@
 //!
 //! In: arguments (clap) and the environment. Out: an exit code. `serve` runs the relay (with
 //! `--sandbox`, against a built-in ProsperStack simulator); `sandbox` runs the simulator alone;
-//! `check-config` refuses what `serve` would refuse at start, without serving; `healthcheck`
-//! asks a running relay's `/healthz` (for container health checks, no curl needed);
-//! `dead-letters` inspects, replays and purges dead letters in the data directory. (The
-//! benchmarks are their own binary, `crates/relay-bench`.)
+//! `check-config` refuses what `serve` would refuse at start (settings, an unwritable data
+//! directory) without serving; `healthcheck` asks a running relay's `/healthz` (for container
+//! health checks, no curl needed); `dead-letters` inspects, replays and purges dead letters in
+//! the data directory. (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
 //! Every command reads settings through [`Settings`]; `healthcheck` and `dead-letters` load them
 //! without secrets, which they do not need. An invalid configuration exits 2 with one line
@@ -119,7 +119,7 @@ pub async fn main(cli: Cli) -> ExitCode {
 
 /// What `serve` would refuse at start, refused the same way, without serving.
 fn check_config(config_file: Option<&Path>) -> ExitCode {
-    match Settings::load(config_file, &config::process_env) {
+    match startable(config_file, &config::process_env) {
         Ok(s) => {
             println!(
                 "configuration is valid (upstream {}, listen {}, data {})",
@@ -133,6 +133,14 @@ fn check_config(config_file: Option<&Path>) -> ExitCode {
     }
 }
 
+/// Settings `serve` can start with: valid, and a data directory this process can write.
+/// `check-config` and `serve` share it, so they refuse the same things with the same line.
+fn startable(config_file: Option<&Path>, env: config::Env<'_>) -> Result<Settings, ConfigError> {
+    let settings = Settings::load(config_file, env)?;
+    settings.check_can_start()?;
+    Ok(settings)
+}
+
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
@@ -141,7 +149,7 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     let sandbox_url = format!("http://{}", args.sandbox_listen);
     let env = |name: &str| sandbox_env(args.sandbox.then_some(sandbox_url.as_str()), name);
-    let settings = match Settings::load(config_file.as_deref(), &env) {
+    let settings = match startable(config_file.as_deref(), &env) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };

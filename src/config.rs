@@ -12,11 +12,14 @@
 //!   variable, kind); its default is declared once, in its section's `Default`;
 //! - the environment wins over the file and an empty value counts as unset; unknown file keys
 //!   are refused;
-//! - each section checks its own ranges;
+//! - each section checks its own ranges; [`Settings::check_can_start`] adds what needs the
+//!   machine (a writable data directory);
 //! - secrets are wrapped ([`Secret`], [`ApiKey`](crate::prosperstack::ApiKey)) so `Debug`
-//!   never prints them, and [`Settings::load_without_secrets`] does not read them at all.
+//!   never prints them, and [`Settings::load_without_secrets`] does not read them at all;
+//! - `listen` and `metrics_listen` never want the same port.
 
 mod load;
+mod startup;
 mod table;
 mod upstream;
 
@@ -154,11 +157,40 @@ impl Settings {
 
     /// The ranges and relations no single value shows, section by section.
     fn check(&self) -> Result<(), ConfigError> {
+        self.check_listeners()?;
         self.prosperstack.check()?;
         self.segment.check()?;
         self.delivery.check()?;
         crate::mapping::check_trait_mappings(&self.trait_mappings)
     }
+
+    /// `/metrics` on its own listener must not want the main listener's port.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
+        match self.metrics_listen {
+            Some(metrics) if overlap(metrics, self.listen) => Err(ConfigError::at(
+                "metrics_listen",
+                format!(
+                    "{metrics} takes the port of listen (RELAY_LISTEN, {}): give /metrics a port \
+                     of its own, or leave metrics_listen unset to serve /metrics on listen",
+                    self.listen
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What settings alone cannot show but start-up needs: the data directory exists (it is
+    /// created when missing) and this process can write in it.
+    pub fn check_can_start(&self) -> Result<(), ConfigError> {
+        startup::check_data_dir(&self.data_dir)
+    }
+}
+
+/// Whether two listeners would fight over one port (port 0 picks a free one each time).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// A URL for logs and messages: any user name or password in it is left out.

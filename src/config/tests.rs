@@ -470,6 +470,103 @@ fn empty_trait_mapping_is_refused() {
     );
 }
 
+/// `/metrics` may not take the main listener's port (port 0 picks a free one each time).
+#[test]
+fn metrics_listen_must_not_be_listen() {
+    for (listen, metrics) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+    ] {
+        let e = refusal(&[("RELAY_LISTEN", listen), ("RELAY_METRICS_LISTEN", metrics)]);
+        assert!(
+            e.contains("metrics_listen (RELAY_METRICS_LISTEN)") && e.contains("RELAY_LISTEN"),
+            "{e}"
+        );
+    }
+    for (listen, metrics) in [
+        ("127.0.0.1:8080", "127.0.0.1:9090"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+    ] {
+        let ok = with_key(&[("RELAY_LISTEN", listen), ("RELAY_METRICS_LISTEN", metrics)]);
+        assert!(ok.is_ok(), "{listen} {metrics}");
+    }
+}
+
+// ---- what start-up needs of the machine ----
+
+/// A missing data directory is created, and the check leaves nothing in it.
+#[test]
+fn missing_data_dir_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/b");
+    let s = Settings {
+        data_dir: dir.clone(),
+        ..Settings::default()
+    };
+    s.check_can_start().unwrap();
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+/// A data directory that cannot be created is refused naming the setting, the path and the user.
+#[test]
+fn uncreatable_data_dir_is_refused() {
+    let file = toml_file("");
+    let dir = file.path().join("data");
+    let s = Settings {
+        data_dir: dir.clone(),
+        ..Settings::default()
+    };
+    let e = s.check_can_start().unwrap_err().to_string();
+    assert!(e.contains("data_dir (RELAY_DATA_DIR)"), "{e}");
+    assert!(e.contains(&dir.display().to_string()), "{e}");
+    assert!(e.contains("uid") && e.contains("needs write access"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+/// A read-only data directory is refused naming the path and the user who needs write access.
+#[cfg(unix)]
+#[test]
+fn unwritable_data_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let s = Settings {
+        data_dir: dir.clone(),
+        ..Settings::default()
+    };
+    let result = s.check_can_start();
+    let root = std::fs::write(dir.join("probe"), b"").is_ok();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        eprintln!("notice: permissions do not stop this user's writes (root?); unwritable-directory assertion skipped");
+        return;
+    }
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("data_dir (RELAY_DATA_DIR)"), "{e}");
+    assert!(e.contains(&dir.display().to_string()), "{e}");
+    assert!(e.contains("needs write access"), "{e}");
+}
+
+/// The user is read from `/proc/self/status` (effective uid) and named from `/etc/passwd`.
+#[test]
+fn process_user_parsing() {
+    let status = "Name:\trelay\nUid:\t1000\t65532\t65532\t65532\nGid:\t0\n";
+    assert_eq!(startup::effective_uid(status), Some(65532));
+    assert_eq!(startup::effective_uid("Name:\tx\n"), None);
+    let passwd =
+        "root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n";
+    assert_eq!(
+        startup::user_name(passwd, 65532).as_deref(),
+        Some("nonroot")
+    );
+    assert_eq!(startup::user_name(passwd, 7), None);
+    assert!(startup::process_user().contains("uid") || !cfg!(target_os = "linux"));
+}
+
 // ---- the table holds the tree, the example file holds the table ----
 
 /// Every row of the table can be set from the file and from the environment, to one effect.
