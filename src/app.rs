@@ -210,7 +210,7 @@ pub fn delivery_for(
             delivery.negative_cache_ttl,
             metrics.clone(),
         ),
-        catalogue: CatalogueCache::new(mapping.catalogue_refresh),
+        catalogue: CatalogueCache::new(mapping.catalogue_refresh, settings.trait_mappings.clone()),
         rules: Rules::new(mapping, &settings.trait_mappings),
         metrics,
         settings: delivery.clone(),

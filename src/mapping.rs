@@ -20,7 +20,9 @@
 //! the event with the latest `timestamp` is chosen, and it is dropped when a value with a later
 //! timestamp was already delivered.
 //!
-//! Configured by [`MappingSettings`] (the `[mapping]` section) and the `[trait_mappings]` table.
+//! Configured by [`MappingSettings`] (the `[mapping]` section) and the `[trait_mappings]` table;
+//! a configured mapping whose property key the catalogue does not hold is logged at warn each
+//! time the catalogue is loaded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -275,17 +277,33 @@ pub fn readable_name(key: &str) -> String {
     }
 }
 
+/// The configured mappings whose property key is no subscriber property in `catalogue`
+/// (trait name, property key): their values would never be sent.
+pub fn unknown_mapping_targets<'m>(
+    catalogue: &Catalogue,
+    trait_mappings: &'m BTreeMap<String, String>,
+) -> Vec<(&'m str, &'m str)> {
+    trait_mappings
+        .iter()
+        .filter(|(_, key)| catalogue.get(key).is_none())
+        .map(|(name, key)| (name.as_str(), key.as_str()))
+        .collect()
+}
+
 /// The property catalogue, fetched from ProsperStack (every page) and refreshed when older
 /// than `refresh` or when invalidated (a property was created, or ProsperStack refused one).
 pub struct CatalogueCache {
     refresh: Duration,
+    /// Checked against each catalogue loaded, so a typo in the configuration shows in the log.
+    trait_mappings: BTreeMap<String, String>,
     current: Mutex<Option<(Instant, Arc<Catalogue>)>>,
 }
 
 impl CatalogueCache {
-    pub fn new(refresh: Duration) -> CatalogueCache {
+    pub fn new(refresh: Duration, trait_mappings: BTreeMap<String, String>) -> CatalogueCache {
         CatalogueCache {
             refresh,
+            trait_mappings,
             current: Mutex::new(None),
         }
     }
@@ -298,6 +316,9 @@ impl CatalogueCache {
             }
         }
         let catalogue = Arc::new(Catalogue::new(client.all_properties().await?));
+        for (name, key) in unknown_mapping_targets(&catalogue, &self.trait_mappings) {
+            tracing::warn!(r#trait = %name, property = %key, "a configured trait mapping names no subscriber property; that trait is not sent");
+        }
         *current = Some((Instant::now(), catalogue.clone()));
         Ok(catalogue)
     }

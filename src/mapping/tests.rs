@@ -214,6 +214,29 @@ fn readable_names() {
     );
 }
 
+/// A configured mapping is an unknown target when its key is no subscriber property (a
+/// display name or another entity's key does not count).
+#[test]
+fn unknown_mapping_targets_are_found() {
+    let mappings: BTreeMap<String, String> = [
+        ("Contacts", "number_of_contacts"),
+        ("Typo", "numbr_of_contacts"),
+        ("By name", "Last contacted"),
+        ("Tier", "plan_tier"),
+    ]
+    .iter()
+    .map(|(t, k)| (t.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(
+        unknown_mapping_targets(&catalogue(), &mappings),
+        vec![
+            ("By name", "Last contacted"),
+            ("Tier", "plan_tier"),
+            ("Typo", "numbr_of_contacts"),
+        ]
+    );
+}
+
 /// The `[mapping]` section's rules reach the matcher with the configured mappings.
 #[test]
 fn rules_from_settings() {
