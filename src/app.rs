@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, ProsperStackSettings, Settings};
 use crate::delivery::Delivery;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
@@ -55,6 +55,24 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
 }
 
+/// The ProsperStack client, behind the one budget every upstream request passes.
+fn upstream_client(
+    upstream: &ProsperStackSettings,
+    metrics: Arc<Metrics>,
+) -> Result<Client, AppError> {
+    let budget = Arc::new(Budget::new(
+        upstream.rate_limit_requests,
+        upstream.rate_limit_window,
+    ));
+    Ok(Client::new(
+        upstream.api_url.clone(),
+        upstream.require_api_key()?.clone(),
+        budget,
+        metrics,
+        upstream.request_timeout,
+    )?)
+}
+
 /// Runs the relay until `shutdown` completes, then drains and returns.
 pub async fn run(
     settings: Settings,
@@ -68,18 +86,7 @@ pub async fn run(
     };
     let store = open_store(&settings)?;
     let metrics = Arc::new(Metrics::new());
-    let upstream = &settings.prosperstack;
-    let budget = Arc::new(Budget::new(
-        upstream.rate_limit_requests,
-        upstream.rate_limit_window,
-    ));
-    let client = Client::new(
-        upstream.api_url.clone(),
-        upstream.require_api_key()?.clone(),
-        budget,
-        metrics.clone(),
-        upstream.request_timeout,
-    )?;
+    let client = upstream_client(&settings.prosperstack, metrics.clone())?;
     let wake = Arc::new(Notify::new());
     let draining = Arc::new(AtomicBool::new(false));
     let delivery = Arc::new(delivery_for(
