@@ -20,15 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
 use crate::clock::{millis, SharedClock, TokioClock};
-use crate::config::Settings;
-use crate::delivery::{Delivery, DeliverySettings};
+use crate::config::{ConfigError, ProsperStackSettings, Settings};
+use crate::delivery::Delivery;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
 use crate::mapping::{CatalogueCache, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
-use crate::retry::Backoff;
 use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
 
 /// How often queue gauges are refreshed and old dedupe ids pruned.
@@ -45,14 +44,36 @@ pub enum AppError {
     Client(#[from] ApiError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Opens the store for `settings` (taking the data directory's lock).
 pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     let options = StoreOptions {
-        coalesce_ms: settings.coalesce_delay.as_millis() as i64,
+        coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
     };
     Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
+}
+
+/// The ProsperStack client, behind the one budget every upstream request passes.
+fn upstream_client(
+    upstream: &ProsperStackSettings,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> Result<Client, AppError> {
+    let budget = Arc::new(Budget::new(
+        upstream.rate_limit_requests,
+        upstream.rate_limit_window,
+        clock,
+    ));
+    Ok(Client::new(
+        upstream.api_url.clone(),
+        upstream.require_api_key()?.clone(),
+        budget,
+        metrics,
+        upstream.request_timeout,
+    )?)
 }
 
 /// Runs the relay until `shutdown` completes, then drains and returns.
@@ -70,18 +91,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     // Tokio's clock: real time in production, the paused clock in tests that pause it.
     let clock = TokioClock::shared();
-    let budget = Arc::new(Budget::new(
-        settings.rate_limit_requests,
-        settings.rate_limit_window,
-        clock.clone(),
-    ));
-    let client = Client::new(
-        settings.api_url.clone(),
-        settings.api_key.clone(),
-        budget,
-        metrics.clone(),
-        settings.request_timeout,
-    )?;
+    let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
     let wake = Arc::new(Notify::new());
     let draining = Arc::new(AtomicBool::new(false));
     let delivery = Arc::new(delivery_for(
@@ -98,7 +108,7 @@ pub async fn run(
     let maintenance_task = tokio::spawn(maintenance(
         store.clone(),
         metrics.clone(),
-        settings.dedupe_retention,
+        settings.delivery.dedupe_retention,
         clock.clone(),
         stop_workers.clone(),
     ));
@@ -119,17 +129,18 @@ pub async fn run(
         let router = health::metrics_router(metrics.clone());
         servers.push(spawn_server(metrics_listener, router, &stop_http));
     }
-    tracing::info!(address = %listener.local_addr()?, upstream = %crate::config::display_url(&settings.api_url), "relay listening");
+    tracing::info!(address = %listener.local_addr()?, upstream = %crate::config::display_url(&settings.prosperstack.api_url), "relay listening");
     servers.push(spawn_server(listener, router, &stop_http));
 
     shutdown.await;
+    let deadline = settings.delivery.drain_deadline;
     tracing::info!(
-        deadline_secs = settings.drain_deadline.as_secs_f64(),
+        deadline_secs = deadline.as_secs_f64(),
         "shutting down: draining"
     );
     draining.store(true, Ordering::SeqCst);
     stop_workers.cancel();
-    drain(delivery_task, settings.drain_deadline).await;
+    drain(delivery_task, deadline).await;
     maintenance_task.abort();
     stop_http.cancel();
     for server in servers {
@@ -155,9 +166,7 @@ fn relay_router(
     let ingest_state = IngestState {
         store: store.clone(),
         metrics: metrics.clone(),
-        shared_secret: settings.shared_secret.clone(),
-        ingest_token: settings.ingest_token.clone(),
-        max_body_bytes: settings.max_body_bytes,
+        settings: Arc::new(settings.segment.clone()),
         wake,
         draining: draining.clone(),
         clock: clock.clone(),
@@ -204,7 +213,7 @@ async fn drain(delivery: tokio::task::JoinHandle<()>, deadline: Duration) {
     }
 }
 
-/// Builds the delivery worker from settings.
+/// Builds the delivery worker: its sections are handed over whole.
 pub fn delivery_for(
     settings: &Settings,
     store: Arc<dyn Store>,
@@ -213,32 +222,26 @@ pub fn delivery_for(
     wake: Arc<Notify>,
     clock: SharedClock,
 ) -> Delivery {
+    let delivery = &settings.delivery;
+    let mapping = &settings.mapping;
     Delivery {
         store,
         client,
         resolver: Resolver::new(
-            settings.subscriber_cache_ttl,
-            settings.negative_cache_ttl,
+            delivery.subscriber_cache_ttl,
+            delivery.negative_cache_ttl,
             metrics.clone(),
             clock.clone(),
         ),
-        catalogue: CatalogueCache::new(settings.catalogue_refresh, clock.clone()),
-        rules: Rules {
-            trait_mappings: settings.trait_mappings.clone(),
-            snake_case_match: settings.snake_case_match,
-        },
+        catalogue: CatalogueCache::new(
+            mapping.catalogue_refresh,
+            settings.trait_mappings.clone(),
+            clock.clone(),
+        ),
+        rules: Rules::new(mapping, &settings.trait_mappings),
         metrics,
-        settings: DeliverySettings {
-            subscriber_wait: settings.subscriber_wait,
-            waiting_retry_min: settings.waiting_retry_min,
-            waiting_retry_max: settings.waiting_retry_max,
-            retry_window: settings.retry_window,
-            create_audience_properties: settings.create_audience_properties,
-            backoff: Backoff {
-                base: settings.retry_backoff_min,
-                cap: settings.retry_backoff_max,
-            },
-        },
+        settings: delivery.clone(),
+        mapping: mapping.clone(),
         wake,
         clock,
     }

@@ -2,13 +2,17 @@
 //!
 //! In: arguments (clap) and the environment. Out: an exit code. `serve` runs the relay (with
 //! `--sandbox`, against a built-in ProsperStack simulator); `sandbox` runs the simulator alone;
-//! `check-config` validates settings without serving; `healthcheck` asks a running relay's
-//! `/healthz` (for container health checks, no curl needed); `dead-letters` inspects, replays
-//! and purges dead letters in the data directory. (The benchmarks are their own binary,
-//! `crates/relay-bench`.)
+//! `check-config` refuses what `serve` would refuse at start (settings, an unwritable data
+//! directory) without serving; `healthcheck` asks a running relay's `/healthz` (for container
+//! health checks, no curl needed); `dead-letters` inspects, replays and purges dead letters in
+//! the data directory. (The benchmarks are their own binary, `crates/relay-bench`.)
+//!
+//! Every command reads settings through [`Settings`]; `healthcheck` and `dead-letters` load them
+//! without secrets, which they do not need. An invalid configuration exits 2 with one line
+//! (`healthcheck`: 1, as container runtimes reserve 2).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -108,21 +112,34 @@ pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(cli.config, args).await,
         Command::Sandbox(args) => sandbox(args).await,
-        Command::CheckConfig => match Settings::load(cli.config.as_deref(), &config::process_env) {
-            Ok(s) => {
-                println!(
-                    "configuration is valid (upstream {}, listen {}, data {})",
-                    s.api_url,
-                    s.listen,
-                    s.data_dir.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_failure(&e),
-        },
+        Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Healthcheck(args) => healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters(cli.config, cmd).await,
     }
+}
+
+/// What `serve` would refuse at start, refused the same way, without serving.
+fn check_config(config_file: Option<&Path>) -> ExitCode {
+    match startable(config_file, &config::process_env) {
+        Ok(s) => {
+            println!(
+                "configuration is valid (upstream {}, listen {}, data {})",
+                config::display_url(&s.prosperstack.api_url),
+                s.listen,
+                s.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_failure(&e),
+    }
+}
+
+/// Settings `serve` can start with: valid, and a data directory this process can write.
+/// `check-config` and `serve` share it, so they refuse the same things with the same line.
+fn startable(config_file: Option<&Path>, env: config::Env<'_>) -> Result<Settings, ConfigError> {
+    let settings = Settings::load(config_file, env)?;
+    settings.check_can_start()?;
+    Ok(settings)
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
@@ -132,45 +149,15 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 
 async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     let sandbox_url = format!("http://{}", args.sandbox_listen);
-    // With --sandbox the simulator is the upstream, whatever the environment says.
-    let env = |name: &str| -> Option<String> {
-        if args.sandbox {
-            match name {
-                "PROSPERSTACK_API_URL" => return Some(sandbox_url.clone()),
-                "PROSPERSTACK_API_KEY" => return Some(SANDBOX_API_KEY.to_owned()),
-                "PROSPERSTACK_API_KEY_FILE" => return None,
-                "RELAY_DATA_DIR" => {
-                    return Some(
-                        config::process_env(name).unwrap_or_else(|| "./data/sandbox".into()),
-                    )
-                }
-                _ => {}
-            }
-        }
-        config::process_env(name)
-    };
-    let settings = match Settings::load(config_file.as_deref(), &env) {
+    let env = |name: &str| sandbox_env(args.sandbox.then_some(sandbox_url.as_str()), name);
+    let settings = match startable(config_file.as_deref(), &env) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };
     crate::telemetry::init(settings.log_format);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    if args.sandbox {
-        match start_sandbox(
-            args.sandbox_listen,
-            SandboxConfig::default(),
-            shutdown.clone(),
-        )
-        .await
-        {
-            Ok(addr) => {
-                tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, state = %format!("http://{addr}/_sandbox/state"), "ProsperStack sandbox listening")
-            }
-            Err(e) => {
-                tracing::error!(address = %args.sandbox_listen, error = %e, "cannot start the sandbox");
-                return ExitCode::FAILURE;
-            }
-        }
+    if args.sandbox && !serve_sandbox(args.sandbox_listen, &shutdown).await {
+        return ExitCode::FAILURE;
     }
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,
@@ -190,6 +177,37 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "relay failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The process environment, except that with `--sandbox` (its URL given) the simulator is the
+/// upstream, whatever the environment says, and the data directory defaults to its own.
+fn sandbox_env(sandbox_url: Option<&str>, name: &str) -> Option<String> {
+    let Some(url) = sandbox_url else {
+        return config::process_env(name);
+    };
+    match name {
+        "PROSPERSTACK_API_URL" => Some(url.to_owned()),
+        "PROSPERSTACK_API_KEY" => Some(SANDBOX_API_KEY.to_owned()),
+        "PROSPERSTACK_API_KEY_FILE" => None,
+        "RELAY_DATA_DIR" => {
+            Some(config::process_env(name).unwrap_or_else(|| "./data/sandbox".into()))
+        }
+        _ => config::process_env(name),
+    }
+}
+
+/// Starts the built-in simulator for `serve --sandbox`; answers whether it listens.
+async fn serve_sandbox(addr: SocketAddr, stop: &tokio_util::sync::CancellationToken) -> bool {
+    match start_sandbox(addr, SandboxConfig::default(), stop.clone()).await {
+        Ok(addr) => {
+            tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, state = %format!("http://{addr}/_sandbox/state"), "ProsperStack sandbox listening");
+            true
+        }
+        Err(e) => {
+            tracing::error!(address = %addr, error = %e, "cannot start the sandbox");
+            false
         }
     }
 }
@@ -259,51 +277,66 @@ pub async fn termination_signal() {
     }
 }
 
-/// The URL `healthcheck` asks by default: `/healthz` on RELAY_LISTEN, any-address as loopback.
-pub fn default_health_url(listen: Option<&str>) -> String {
-    let listen = listen.unwrap_or("0.0.0.0:8080");
-    let addr = listen
-        .replacen("0.0.0.0:", "127.0.0.1:", 1)
-        .replacen("[::]:", "[::1]:", 1);
-    format!("http://{addr}/healthz")
+/// The URL `healthcheck` asks by default: `/healthz` on `listen`, any-address as loopback.
+pub fn default_health_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/healthz", SocketAddr::new(ip, listen.port()))
 }
 
 async fn healthcheck(config_file: Option<PathBuf>, args: HealthcheckArgs) -> ExitCode {
-    let listen = config::process_env("RELAY_LISTEN")
-        .or_else(|| file_setting(config_file.as_deref(), "listen"));
-    let url = args
-        .url
-        .unwrap_or_else(|| default_health_url(listen.as_deref()));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("unhealthy: {e}");
-            return ExitCode::FAILURE;
+    let url = match args.url {
+        Some(url) => url,
+        // Secrets are not read: the check must work where the key's file is not readable.
+        None => {
+            match Settings::load_without_secrets(config_file.as_deref(), &config::process_env) {
+                Ok(settings) => default_health_url(settings.listen),
+                // Exit 1, not 2: container runtimes reserve 2, and a relay with this configuration
+                // could not be healthy anyway.
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
-    match client.get(&url).send().await {
-        Ok(r) if r.status().is_success() => {
+    match probe(&url).await {
+        Ok(()) => {
             println!("healthy: {url}");
             ExitCode::SUCCESS
         }
-        Ok(r) => {
-            eprintln!("unhealthy: {url} answered {}", r.status());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("unhealthy: {url}: {e}");
+        Err(why) => {
+            eprintln!("unhealthy: {why}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// GET `url`; `Ok` on a 2xx answer within 3 s.
+async fn probe(url: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("{url} answered {}", r.status())),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
 async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> ExitCode {
-    // Only the data directory is needed; the relay may be running (SQLite serialises writers).
-    let data_dir = data_dir(config_file.as_deref());
-    let store = match SqliteStore::open_shared(&data_dir) {
+    // Only the data directory is needed, so secrets are not read; the relay may be running
+    // (SQLite serialises writers).
+    let settings =
+        match Settings::load_without_secrets(config_file.as_deref(), &config::process_env) {
+            Ok(s) => s,
+            Err(e) => return config_failure(&e),
+        };
+    let store = match SqliteStore::open_shared(&settings.data_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -337,22 +370,6 @@ async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> E
             ExitCode::FAILURE
         }
     }
-}
-
-/// The data directory from the environment or the file, without requiring the other settings.
-fn data_dir(config_file: Option<&std::path::Path>) -> PathBuf {
-    config::process_env("RELAY_DATA_DIR")
-        .or_else(|| file_setting(config_file, "data_dir"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("./data"))
-}
-
-/// One top-level string setting of the config file, for commands that need only that one
-/// (so they work even where the API key is not available, as in a health check).
-fn file_setting(config_file: Option<&std::path::Path>, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(config_file?).ok()?;
-    let table = text.parse::<toml::Table>().ok()?;
-    table.get(key)?.as_str().map(str::to_owned)
 }
 
 fn print_dead_letters(letters: &[DeadLetter], json: bool) {
@@ -403,19 +420,14 @@ mod tests {
     /// The health check asks loopback when the relay listens on every address.
     #[test]
     fn health_url_from_listen() {
-        assert_eq!(default_health_url(None), "http://127.0.0.1:8080/healthz");
+        let url = |listen: &str| default_health_url(listen.parse().expect("an address"));
         assert_eq!(
-            default_health_url(Some("0.0.0.0:9000")),
-            "http://127.0.0.1:9000/healthz"
+            default_health_url(Settings::default().listen),
+            "http://127.0.0.1:8080/healthz"
         );
-        assert_eq!(
-            default_health_url(Some("10.1.2.3:80")),
-            "http://10.1.2.3:80/healthz"
-        );
-        assert_eq!(
-            default_health_url(Some("[::]:8080")),
-            "http://[::1]:8080/healthz"
-        );
+        assert_eq!(url("0.0.0.0:9000"), "http://127.0.0.1:9000/healthz");
+        assert_eq!(url("10.1.2.3:80"), "http://10.1.2.3:80/healthz");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080/healthz");
     }
 
     /// The command line parses the documented forms.

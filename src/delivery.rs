@@ -15,16 +15,21 @@
 //!   becomes a dead letter; other failures retry (5xx, timeouts: backoff; 429: the window)
 //!   until `retry_window`, except refusals, which are dead letters at once;
 //! - on shutdown the current job finishes or is left queued: nothing is lost either way.
+//!
+//! Configured by [`DeliverySettings`], the `[delivery]` section, used as the configuration
+//! deserialises it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, millis, SharedClock};
-use crate::mapping::{self, Catalogue, CatalogueCache, Plan, Rules};
+use crate::config::ConfigError;
+use crate::mapping::{self, Catalogue, CatalogueCache, MappingSettings, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
@@ -37,15 +42,84 @@ const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Jobs read from the store at a time.
 const BATCH: usize = 200;
 
-/// Delivery's tunables, from configuration.
-#[derive(Clone, Debug)]
+/// The `[delivery]` section: how long things wait, and how retries back off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
+    /// How long an update waits for a subscriber that does not exist yet.
+    #[serde(with = "humantime_serde")]
     pub subscriber_wait: Duration,
+    #[serde(with = "humantime_serde")]
     pub waiting_retry_min: Duration,
+    #[serde(with = "humantime_serde")]
     pub waiting_retry_max: Duration,
+    /// How long failures (5xx, timeouts, 429) are retried before a dead letter.
+    #[serde(with = "humantime_serde")]
     pub retry_window: Duration,
-    pub create_audience_properties: bool,
-    pub backoff: Backoff,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// How long messageIds are remembered for dedupe.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_retention: Duration,
+    /// On shutdown, time allowed to finish in-flight delivery.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+    /// A new subscriber's first event waits this long to gather its neighbours.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub subscriber_cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        DeliverySettings {
+            subscriber_wait: 24 * HOUR,
+            waiting_retry_min: MINUTE,
+            waiting_retry_max: HOUR,
+            retry_window: 24 * HOUR,
+            retry_backoff_min: Duration::from_secs(1),
+            retry_backoff_max: 10 * MINUTE,
+            dedupe_retention: 7 * 24 * HOUR,
+            drain_deadline: Duration::from_secs(20),
+            coalesce_delay: Duration::from_millis(500),
+            subscriber_cache_ttl: HOUR,
+            negative_cache_ttl: MINUTE,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The schedules must be able to run: a zero backoff would retry in a tight loop.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
+            return Err(ConfigError::at(
+                "delivery.retry_backoff_min",
+                "must be more than 0 and not more than delivery.retry_backoff_max",
+            ));
+        }
+        if self.waiting_retry_min > self.waiting_retry_max {
+            return Err(ConfigError::at(
+                "delivery.waiting_retry_min",
+                "must not be more than delivery.waiting_retry_max",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backoff between retries of failed updates.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.retry_backoff_min,
+            cap: self.retry_backoff_max,
+        }
+    }
 }
 
 /// The delivery worker and everything it talks to.
@@ -57,6 +131,8 @@ pub struct Delivery {
     pub rules: Rules,
     pub metrics: Arc<Metrics>,
     pub settings: DeliverySettings,
+    /// Read for `create_audience_properties`.
+    pub mapping: MappingSettings,
     /// Ingest pokes this after storing, so new work does not wait for a timer.
     pub wake: Arc<Notify>,
     /// What "now" is for due times, expiry and every wait.
@@ -88,8 +164,8 @@ impl Delivery {
                     // Probing a ProsperStack that is down costs a request: back off, but keep
                     // probing at least every minute so recovery is noticed soon.
                     let policy = Backoff {
-                        base: self.settings.backoff.base,
-                        cap: self.settings.backoff.cap.min(WORKER_BACKOFF_CAP),
+                        base: self.settings.retry_backoff_min,
+                        cap: self.settings.retry_backoff_max.min(WORKER_BACKOFF_CAP),
                     };
                     let delay = retry::backoff(&policy, failures, rand::random());
                     failures = failures.saturating_add(1);
@@ -204,7 +280,7 @@ impl Delivery {
 
     async fn attempt(&self, job: &Job, catalogue: &Arc<Catalogue>) -> Result<JobOutcome, Failure> {
         let mut plan = mapping::plan(job, catalogue, &self.rules);
-        if self.settings.create_audience_properties && !plan.missing_audiences.is_empty() {
+        if self.mapping.create_audience_properties && !plan.missing_audiences.is_empty() {
             let fresh = self
                 .create_audience_properties(&plan.missing_audiences)
                 .await?;
@@ -335,7 +411,7 @@ impl Delivery {
     fn after_failure(&self, job: &Job, attempts: u32, error: &ApiError) -> JobOutcome {
         let now = self.clock.wall_ms();
         let expired = now - job.first_queued_ms > millis(self.settings.retry_window);
-        match retry::decide(error, attempts, &self.settings.backoff, rand::random()) {
+        match retry::decide(error, attempts, &self.settings.backoff(), rand::random()) {
             Decision::GiveUp => JobOutcome::DeadLetter {
                 reason: error.to_string(),
                 attempts,

@@ -14,6 +14,8 @@
 //!   answer lists what was rejected and why;
 //! - the signature is checked over the raw bytes (the first element's for an array, as
 //!   Segment signs), in constant time; nothing here knows ProsperStack.
+//!
+//! Configured by [`SegmentSettings`], the `[segment]` section.
 
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha1::Sha1;
@@ -32,20 +34,55 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
-use crate::config::Secret;
+use crate::config::{self, ConfigError, Secret};
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
 use crate::store::{Incoming, IngestOutcome, Store, StoreError};
 use crate::telemetry::redact_emails;
+
+/// The `[segment]` section: how requests from Segment are authenticated and bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentSettings {
+    /// When set, `X-Signature` (HMAC-SHA1 of the raw body) is required.
+    #[serde(deserialize_with = "config::optional_secret")]
+    pub shared_secret: Option<Secret>,
+    /// When set, `Authorization: Bearer <token>` is required.
+    #[serde(deserialize_with = "config::optional_secret")]
+    pub ingest_token: Option<Secret>,
+    /// Larger bodies are answered 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        SegmentSettings {
+            shared_secret: None,
+            ingest_token: None,
+            max_body_bytes: 5 * 1024 * 1024,
+        }
+    }
+}
+
+impl SegmentSettings {
+    /// A body limit below 1 KiB would refuse Segment's smallest real events.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::at(
+                "segment.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct IngestState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
-    pub shared_secret: Option<Secret>,
-    pub ingest_token: Option<Secret>,
-    pub max_body_bytes: usize,
+    pub settings: Arc<SegmentSettings>,
     /// Poked after events are stored, so delivery starts at once.
     pub wake: Arc<Notify>,
     /// Set while shutting down: new events are refused with 503 so Segment retries them.
@@ -196,14 +233,15 @@ async fn read_events(
     body: Body,
 ) -> Result<Vec<RawEvent>, IngestError> {
     check_token(state, headers)?;
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+    let limit = state.settings.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| IngestError::TooLarge(state.max_body_bytes))?;
-    parse_body(&bytes, headers, state.shared_secret.as_ref())
+        .map_err(|_| IngestError::TooLarge(limit))?;
+    parse_body(&bytes, headers, state.settings.shared_secret.as_ref())
 }
 
 fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestError> {
-    let Some(token) = &state.ingest_token else {
+    let Some(token) = &state.settings.ingest_token else {
         return Ok(());
     };
     let presented = headers

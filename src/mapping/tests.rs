@@ -213,3 +213,39 @@ fn readable_names() {
         "Order completed last 30days"
     );
 }
+
+/// A configured mapping is an unknown target when its key is no subscriber property (a
+/// display name or another entity's key does not count).
+#[test]
+fn unknown_mapping_targets_are_found() {
+    let mappings: BTreeMap<String, String> = [
+        ("Contacts", "number_of_contacts"),
+        ("Typo", "numbr_of_contacts"),
+        ("By name", "Last contacted"),
+        ("Tier", "plan_tier"),
+    ]
+    .iter()
+    .map(|(t, k)| (t.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(
+        unknown_mapping_targets(&catalogue(), &mappings),
+        vec![
+            ("By name", "Last contacted"),
+            ("Tier", "plan_tier"),
+            ("Typo", "numbr_of_contacts"),
+        ]
+    );
+}
+
+/// The `[mapping]` section's rules reach the matcher with the configured mappings.
+#[test]
+fn rules_from_settings() {
+    let settings = MappingSettings {
+        snake_case_match: false,
+        ..MappingSettings::default()
+    };
+    let mappings = BTreeMap::from([("Nickname".to_string(), "preferred_name".to_string())]);
+    let rules = Rules::new(&settings, &mappings);
+    assert!(!rules.snake_case_match);
+    assert_eq!(rules.trait_mappings, mappings);
+}
