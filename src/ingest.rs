@@ -355,46 +355,9 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
     let mut sent: Vec<Sent> = Vec::new();
     let mut incoming: Vec<Incoming> = Vec::new();
     for (index, (parsed, raw)) in events.into_iter().enumerate() {
-        let value = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                reject(state, &mut answer, index, None, 400, "malformed", e);
-                continue;
-            }
-        };
-        let message_id = value
-            .get("messageId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        match identify::normalise(&value, received) {
-            Ok(identify::Event::Ignored { event_type }) => {
-                answer.ignored += 1;
-                state.metrics.event_received(&event_type, "ignored");
-            }
-            Ok(event) => {
-                let event_type = event.type_name().to_owned();
-                sent.push(Sent {
-                    index,
-                    event_type,
-                    message_id,
-                });
-                incoming.push(Incoming { event, raw });
-            }
-            Err(e) => {
-                let reason = match e {
-                    EventError::NotAnObject | EventError::MissingType => "not_an_event",
-                    EventError::Invalid(_) => "invalid",
-                };
-                reject(
-                    state,
-                    &mut answer,
-                    index,
-                    message_id,
-                    400,
-                    reason,
-                    e.to_string(),
-                );
-            }
+        if let Some((event, meta)) = admit(state, &mut answer, index, parsed, received) {
+            sent.push(meta);
+            incoming.push(Incoming { event, raw });
         }
     }
     let outcomes = if incoming.is_empty() {
@@ -403,40 +366,92 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
         state.store.ingest(incoming, received).await?
     };
     for (event, outcome) in sent.into_iter().zip(outcomes) {
-        let counted = match outcome {
-            IngestOutcome::Stored | IngestOutcome::Forgotten => {
-                answer.accepted += 1;
-                "stored"
-            }
-            IngestOutcome::Duplicate => {
-                answer.duplicates += 1;
-                "duplicate"
-            }
-            IngestOutcome::Ignored => {
-                answer.ignored += 1;
-                "ignored"
-            }
-            IngestOutcome::NoEmail => {
-                let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
-                reject(
-                    state,
-                    &mut answer,
-                    event.index,
-                    event.message_id,
-                    422,
-                    "no_email",
-                    why.into(),
-                );
-                continue;
-            }
-        };
-        state.metrics.event_received(&event.event_type, counted);
+        tally(state, &mut answer, event, outcome);
     }
     answer.rejected.sort_by_key(|r| r.index);
     if answer.accepted > 0 {
         state.wake.notify_one();
     }
     Ok(answer)
+}
+
+/// One event of a request: normalised and handed back for the store, or counted here as
+/// ignored or rejected.
+fn admit(
+    state: &IngestState,
+    answer: &mut Answer,
+    index: usize,
+    parsed: Result<Value, String>,
+    received: i64,
+) -> Option<(identify::Event, Sent)> {
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            reject(state, answer, index, None, 400, "malformed", e);
+            return None;
+        }
+    };
+    let message_id = value
+        .get("messageId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match identify::normalise(&value, received) {
+        Ok(identify::Event::Ignored { event_type }) => {
+            answer.ignored += 1;
+            state.metrics.event_received(&event_type, "ignored");
+            None
+        }
+        Ok(event) => {
+            let event_type = event.type_name().to_owned();
+            let meta = Sent {
+                index,
+                event_type,
+                message_id,
+            };
+            Some((event, meta))
+        }
+        Err(e) => {
+            let reason = match e {
+                EventError::NotAnObject | EventError::MissingType => "not_an_event",
+                EventError::Invalid(_) => "invalid",
+            };
+            reject(state, answer, index, message_id, 400, reason, e.to_string());
+            None
+        }
+    }
+}
+
+/// Counts what the store made of one event in the answer and the metrics.
+fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestOutcome) {
+    let counted = match outcome {
+        IngestOutcome::Stored | IngestOutcome::Forgotten => {
+            answer.accepted += 1;
+            "stored"
+        }
+        IngestOutcome::Duplicate => {
+            answer.duplicates += 1;
+            "duplicate"
+        }
+        IngestOutcome::Ignored => {
+            answer.ignored += 1;
+            "ignored"
+        }
+        IngestOutcome::NoEmail => {
+            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
+            let (index, message_id) = (event.index, event.message_id);
+            reject(
+                state,
+                answer,
+                index,
+                message_id,
+                422,
+                "no_email",
+                why.into(),
+            );
+            return;
+        }
+    };
+    state.metrics.event_received(&event.event_type, counted);
 }
 
 fn reject(
