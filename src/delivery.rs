@@ -290,7 +290,11 @@ impl Delivery {
         if plan.properties.is_empty() {
             return Ok(delivered(&plan, Vec::new(), job.attempts + 1));
         }
-        let known = match self.resolver.resolve(&self.client, &job.email).await? {
+        let known = match self
+            .resolver
+            .resolve(&self.client, &job.email, &job.spellings)
+            .await?
+        {
             Resolution::Found(known) => known,
             Resolution::Missing => return Err(Failure::NoSubscriber),
         };

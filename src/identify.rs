@@ -78,6 +78,15 @@ pub enum EventError {
     Invalid(String),
 }
 
+/// The key an email is known by in the queue, the remembered `userId → email` and the
+/// subscriber cache: trimmed and lowercased (ASCII), because Segment traits and ProsperStack
+/// disagree on case all the time and one person must be one subscriber whatever the case.
+/// The spelling as sent is kept beside it for look-ups, since ProsperStack's email filter may
+/// compare exactly.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_ascii_lowercase()
+}
+
 /// Normalises one event. `received_ms` is used when the event carries no usable time, and
 /// to make a message id for events that have none (Segment always sends one; curl may not).
 pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {

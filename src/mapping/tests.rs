@@ -58,6 +58,7 @@ fn event(id: i64, ts: i64, traits: serde_json::Value) -> QueuedEvent {
 
 fn job(events: Vec<QueuedEvent>, applied: &[(&str, i64)]) -> Job {
     Job {
+        spellings: Vec::new(),
         email: "a@x.io".into(),
         attempts: 0,
         first_queued_ms: 0,

@@ -12,6 +12,9 @@
 //! - **Email memory.** An Identify with no email takes the one last stored for its `userId`;
 //!   with an email, that email is remembered for the `userId`. A `delete` forgets the user's
 //!   email, their queued events and what was applied for that email.
+//! - **Emails.** The queue, the remembered emails' use, applied timestamps and dead letters are
+//!   keyed by [`crate::identify::email_key`] (trimmed, lowercased): one job per person whatever
+//!   the case Segment sent; each event keeps the spelling it was sent with, for look-ups.
 //! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
 //!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
 //!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
@@ -74,7 +77,11 @@ pub struct QueuedEvent {
 /// Everything queued for one email.
 #[derive(Clone, Debug)]
 pub struct Job {
+    /// The email's key ([`crate::identify::email_key`]): one job per person whatever the case.
     pub email: String,
+    /// Other spellings the queued events were sent with (latest first), for look-ups by an
+    /// API whose email filter may compare exactly.
+    pub spellings: Vec<String>,
     pub attempts: u32,
     pub first_queued_ms: i64,
     /// When delivery first found no subscriber with this email.

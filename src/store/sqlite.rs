@@ -441,7 +441,7 @@ fn ingest_one(
 ) -> Result<IngestOutcome, StoreError> {
     match (&incoming.event, encoded) {
         (Event::Identify(update), Some(encoded)) => {
-            let email = match (&update.email, &update.user_id) {
+            let sent = match (&update.email, &update.user_id) {
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(c, user)? {
                     Some(e) => e,
@@ -453,6 +453,7 @@ fn ingest_one(
             if !claim_message_id(c, &update.message_id, now_ms)? {
                 return Ok(IngestOutcome::Duplicate);
             }
+            let email = Email::sent_as(&sent);
             enqueue(c, o, update, encoded, &email, &incoming.raw, now_ms)?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
                 c.prepare_cached(
@@ -497,22 +498,38 @@ impl Encoded {
     }
 }
 
+/// An email as the queue keeps it: its key, and the spelling it was sent with when that differs.
+struct Email<'a> {
+    key: String,
+    spelling: Option<&'a str>,
+}
+
+impl Email<'_> {
+    fn sent_as(sent: &str) -> Email<'_> {
+        let key = identify::email_key(sent);
+        let spelling = (key != sent).then_some(sent);
+        Email { key, spelling }
+    }
+}
+
 fn enqueue(
     c: &Connection,
     o: &StoreOptions,
     update: &IdentifyUpdate,
     encoded: &Encoded,
-    email: &str,
+    email: &Email<'_>,
     raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO events (message_id, email, user_id, ts_ms, received_ms, traits, engage, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO events (message_id, email, sent_email, user_id, ts_ms, received_ms, traits,
+                             engage, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         update.message_id,
-        email,
+        email.key,
+        email.spelling,
         update.user_id,
         update.timestamp_ms,
         now_ms,
@@ -520,6 +537,7 @@ fn enqueue(
         encoded.engage,
         raw
     ])?;
+    let email = email.key.as_str();
     // An existing job keeps its schedule: new events must not cut short a backoff.
     c.prepare_cached(
         "INSERT OR IGNORE INTO jobs (email, next_attempt_ms, first_queued_ms) VALUES (?1, ?2, ?3)",
@@ -529,7 +547,7 @@ fn enqueue(
 }
 
 fn forget_user(c: &Connection, user_id: &str) -> Result<(), StoreError> {
-    let email = remembered_email(c, user_id)?;
+    let email = remembered_email(c, user_id)?.map(|e| identify::email_key(&e));
     c.execute("DELETE FROM user_emails WHERE user_id = ?1", [user_id])?;
     c.execute("DELETE FROM events WHERE user_id = ?1", [user_id])?;
     if let Some(email) = &email {
@@ -568,11 +586,22 @@ fn load_job(
     Ok(Job {
         events: queued_events(c, &email)?,
         applied: applied(c, &email)?,
+        spellings: spellings(c, &email)?,
         email,
         attempts,
         first_queued_ms,
         waiting_since_ms,
     })
+}
+
+/// The spellings an email's queued events were sent with, other than its key, latest first.
+fn spellings(c: &Connection, email: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT sent_email FROM events WHERE email = ?1 AND sent_email IS NOT NULL
+         GROUP BY sent_email ORDER BY MAX(id) DESC",
+    )?;
+    let rows = stmt.query_map([email], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn queued_events(c: &Connection, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {
@@ -739,15 +768,11 @@ fn requeue(
         .collect();
     if letter.properties.is_empty() {
         for (update, raw) in &originals {
-            enqueue(
-                c,
-                o,
-                update,
-                &Encoded::of(update)?,
-                &letter.email,
-                raw,
-                now_ms,
-            )?;
+            // The spelling the event was sent with, as the first time (an email-less event was
+            // queued under the letter's key).
+            let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
+            let encoded = Encoded::of(update)?;
+            enqueue(c, o, update, &encoded, &email, raw, now_ms)?;
         }
     } else {
         let latest = originals
@@ -765,15 +790,9 @@ fn requeue(
             engage: None,
         };
         let encoded = Encoded::of(&update)?;
-        enqueue(
-            c,
-            o,
-            &update,
-            &encoded,
-            &letter.email,
-            &to_json(&letter.events)?,
-            now_ms,
-        )?;
+        let email = Email::sent_as(&letter.email);
+        let raw = to_json(&letter.events)?;
+        enqueue(c, o, &update, &encoded, &email, &raw, now_ms)?;
     }
     // A job that was waiting keeps its place; a replay should be tried now.
     c.execute(

@@ -5,6 +5,7 @@
 //! - [`relay`]: end to end, Segment-shaped requests in, sandbox properties out.
 //! - [`reliability`]: latest wins, dedupe, waiting subscribers, outages, dead letters, deletion.
 //! - [`coalesce`] and [`efficiency`]: spending the budget well.
+//! - [`emails`]: one person whatever the case of their email.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
@@ -15,6 +16,7 @@ mod coalesce;
 mod common;
 mod crash;
 mod efficiency;
+mod emails;
 mod latest_wins;
 mod operations;
 mod relay;

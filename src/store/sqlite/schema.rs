@@ -21,11 +21,18 @@ use crate::store::StoreError;
 const LOCATION_SETTING: &str = "RELAY_DATA_DIR";
 
 /// Every step, in order. A released step is never edited: a change is a new step.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "queue, dedupe ids, remembered emails, applied values, dead letters",
-    sql: V1,
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "queue, dedupe ids, remembered emails, applied values, dead letters",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "emails keyed case-insensitively, spellings kept for look-ups",
+        sql: V2,
+    },
+];
 
 /// The schema as it was before versions were recorded. Stores written then are at version 0
 /// with these tables already in place, so this step creates only what is missing and a store
@@ -81,6 +88,47 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     events TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+";
+
+/// Emails become keys (trimmed, ASCII-lowercased, as `identify::email_key` makes them): one job
+/// and one set of applied timestamps per person whatever the case Segment sent. Rows that
+/// differed only in case are merged (the earliest schedule and first queue time, the latest
+/// applied timestamp); an event keeps the spelling it was sent with in `sent_email`, because
+/// ProsperStack's email filter may compare exactly. Remembered emails keep their spelling.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN sent_email TEXT;
+UPDATE events SET sent_email = email WHERE email <> lower(email);
+UPDATE events SET email = lower(email);
+
+CREATE TABLE jobs_v2 (
+    email TEXT PRIMARY KEY,
+    next_attempt_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_queued_ms INTEGER NOT NULL,
+    waiting_since_ms INTEGER,
+    last_error TEXT
+);
+INSERT INTO jobs_v2 (email, next_attempt_ms, attempts, first_queued_ms, waiting_since_ms, last_error)
+    SELECT lower(email), MIN(next_attempt_ms), MAX(attempts), MIN(first_queued_ms),
+           MIN(waiting_since_ms), MAX(last_error)
+    FROM jobs GROUP BY lower(email);
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_due ON jobs(next_attempt_ms);
+
+CREATE TABLE applied_v2 (
+    email TEXT NOT NULL,
+    key TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (email, key)
+) WITHOUT ROWID;
+INSERT INTO applied_v2 (email, key, ts_ms, updated_ms)
+    SELECT lower(email), key, MAX(ts_ms), MAX(updated_ms) FROM applied GROUP BY lower(email), key;
+DROP TABLE applied;
+ALTER TABLE applied_v2 RENAME TO applied;
+
+UPDATE dead_letters SET email = lower(email);
 ";
 
 /// The version recorded in the store (0 for a new file or one written before versions).
