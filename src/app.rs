@@ -275,14 +275,7 @@ async fn maintenance(
 
 pub async fn refresh_gauges(store: &dyn Store, metrics: &Metrics, now_ms: i64) {
     match store.stats().await {
-        Ok(stats) => {
-            let age = stats
-                .oldest_received_ms
-                .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            metrics.set_queue(stats.events, stats.subscribers, age);
-            metrics.set_dead_letters(stats.dead_letters);
-        }
+        Ok(stats) => metrics.set_queue(&stats, now_ms),
         Err(e) => tracing::warn!(error = %e, "cannot read queue figures"),
     }
 }

@@ -34,7 +34,9 @@ use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
-use crate::store::{Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError};
+use crate::store::{
+    DeadLetterCause, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError,
+};
 
 /// Longest pause of the whole worker after a failed round.
 const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -243,9 +245,9 @@ impl Delivery {
             return Ok(None);
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
-        self.store
-            .finish(vec![result], self.clock.wall_ms())
-            .await?;
+        let now = self.clock.wall_ms();
+        let ids = self.store.finish(vec![result.clone()], now).await?;
+        self.report_dead_letters(&result, &ids);
         Ok(trouble)
     }
 
@@ -412,6 +414,19 @@ impl Delivery {
         }
     }
 
+    /// Counts and logs, once each, the dead letters a recorded result created (`ids` in the
+    /// store's order: refused properties first, then a whole update).
+    fn report_dead_letters(&self, result: &JobResult, ids: &[i64]) {
+        let subscriber = crate::telemetry::email_tag(&result.email);
+        let letters = dead_letters_of(&result.outcome);
+        for ((cause, property, reason), id) in letters.into_iter().zip(ids) {
+            self.metrics.dead_lettered(cause.as_str());
+            let reason = crate::telemetry::redact_emails(reason);
+            let property = property.unwrap_or("(whole update)");
+            tracing::warn!(dead_letter = id, cause = cause.as_str(), %subscriber, property, %reason, "became a dead letter; `prosperstack-relay dead-letters replay --id {id}` once the cause is fixed");
+        }
+    }
+
     fn after_failure(&self, job: &Job, attempts: u32, error: &ApiError) -> JobOutcome {
         let now = self.clock.wall_ms();
         let expired = now - job.first_queued_ms > millis(self.settings.retry_window);
@@ -419,6 +434,7 @@ impl Delivery {
             Decision::GiveUp => JobOutcome::DeadLetter {
                 reason: error.to_string(),
                 attempts,
+                cause: DeadLetterCause::Rejected,
             },
             Decision::RetryAfter(_) | Decision::WaitForWindow(_) if expired => {
                 JobOutcome::DeadLetter {
@@ -427,6 +443,7 @@ impl Delivery {
                         humantime::format_duration(self.settings.retry_window)
                     ),
                     attempts,
+                    cause: DeadLetterCause::RetriesExhausted,
                 }
             }
             Decision::RetryAfter(delay) | Decision::WaitForWindow(delay) => {
@@ -452,6 +469,7 @@ impl Delivery {
                     humantime::format_duration(self.settings.subscriber_wait)
                 ),
                 attempts,
+                cause: DeadLetterCause::NoSubscriber,
             };
         }
         let delay = retry::waiting_subscriber_delay(
@@ -460,7 +478,14 @@ impl Delivery {
             self.settings.waiting_retry_max,
         );
         let subscriber = crate::telemetry::email_tag(&job.email);
-        tracing::debug!(%subscriber, delay_ms = delay.as_millis() as u64, "no subscriber yet; waiting");
+        let delay_ms = delay.as_millis() as u64;
+        if job.waiting_since_ms.is_none() {
+            // Said once per wait at info: an update that waits hours must not wait in silence.
+            let wait = humantime::format_duration(self.settings.subscriber_wait).to_string();
+            tracing::info!(%subscriber, delay_ms, %wait, "no ProsperStack subscriber with this email yet; waiting for one (it may not be imported yet)");
+        } else {
+            tracing::debug!(%subscriber, delay_ms, attempts, "still no subscriber; waiting");
+        }
         JobOutcome::RetryAt {
             at_ms: now + millis(delay),
             attempts,
@@ -479,6 +504,21 @@ enum Failure {
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         Failure::Api(e)
+    }
+}
+
+/// The dead letters an outcome makes, in the store's order: (cause, property, reason).
+fn dead_letters_of(outcome: &JobOutcome) -> Vec<(DeadLetterCause, Option<&str>, &str)> {
+    match outcome {
+        JobOutcome::Delivered { rejected, .. } => rejected
+            .iter()
+            .map(|r| {
+                let cause = DeadLetterCause::PropertyRefused;
+                (cause, Some(r.key.as_str()), r.reason.as_str())
+            })
+            .collect(),
+        JobOutcome::DeadLetter { reason, cause, .. } => vec![(*cause, None, reason.as_str())],
+        JobOutcome::RetryAt { .. } => Vec::new(),
     }
 }
 

@@ -122,7 +122,52 @@ pub enum JobOutcome {
         error: String,
     },
     /// Give up: the events become one dead letter.
-    DeadLetter { reason: String, attempts: u32 },
+    DeadLetter {
+        reason: String,
+        attempts: u32,
+        cause: DeadLetterCause,
+    },
+}
+
+/// Why work became a dead letter: a closed set, for metrics and for sorting dead letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterCause {
+    /// No subscriber had the email by the end of `subscriber_wait`.
+    NoSubscriber,
+    /// ProsperStack refused the update (a 4xx other than 401/403/404/429).
+    Rejected,
+    /// ProsperStack refused one property's value; the rest of the update went.
+    PropertyRefused,
+    /// 5xx, timeouts or a refused key for longer than `retry_window`.
+    RetriesExhausted,
+    /// Written before causes were recorded.
+    Unknown,
+}
+
+impl DeadLetterCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterCause::NoSubscriber => "no_subscriber",
+            DeadLetterCause::Rejected => "rejected",
+            DeadLetterCause::PropertyRefused => "property_refused",
+            DeadLetterCause::RetriesExhausted => "retries_exhausted",
+            DeadLetterCause::Unknown => "unknown",
+        }
+    }
+
+    /// The cause a stored name stands for (`Unknown` for none or an unknown one).
+    pub fn parse(name: Option<&str>) -> DeadLetterCause {
+        [
+            DeadLetterCause::NoSubscriber,
+            DeadLetterCause::Rejected,
+            DeadLetterCause::PropertyRefused,
+            DeadLetterCause::RetriesExhausted,
+        ]
+        .into_iter()
+        .find(|c| Some(c.as_str()) == name)
+        .unwrap_or(DeadLetterCause::Unknown)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -132,19 +177,48 @@ pub struct JobResult {
     pub outcome: JobOutcome,
 }
 
-/// Queue figures for metrics and readiness.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Queue figures for metrics, status and progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct QueueStats {
     pub events: u64,
     pub subscribers: u64,
     pub oldest_received_ms: Option<i64>,
+    /// Never attempted yet: the live backlog (due now, or within the coalescing delay).
+    pub due: StateStats,
+    /// Found no subscriber with the email yet: retried on the waiting schedule.
+    pub waiting: StateStats,
+    /// Failed (5xx, timeout, 429, refused key) and retried with backoff.
+    pub retrying: StateStats,
     pub dead_letters: u64,
+    /// What the store takes on disk (files of the data directory, or the database's size).
+    pub bytes: u64,
+}
+
+impl QueueStats {
+    /// The three states with their names as metrics and status show them.
+    pub fn states(&self) -> [(&'static str, StateStats); 3] {
+        [
+            ("due", self.due),
+            ("waiting", self.waiting),
+            ("retrying", self.retrying),
+        ]
+    }
+}
+
+/// One state's share of the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateStats {
+    pub subscribers: u64,
+    pub events: u64,
+    /// When the oldest event in this state arrived.
+    pub oldest_received_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub email: String,
+    pub cause: DeadLetterCause,
     pub reason: String,
     pub attempts: u32,
     pub created_ms: i64,
@@ -210,8 +284,10 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
-    /// Records the results of delivery attempts, all in one transaction.
-    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<(), StoreError>;
+    /// Records the results of delivery attempts, all in one transaction; answers the ids of
+    /// the dead letters it created, in the order of the results (within one, its refused
+    /// properties first).
+    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<Vec<i64>, StoreError>;
     async fn stats(&self) -> Result<QueueStats, StoreError>;
     /// A real round trip (write and read) for readiness, writing `now_ms`.
     async fn ping(&self, now_ms: i64) -> Result<(), StoreError>;

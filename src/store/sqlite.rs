@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::{
-    DeadLetter, Incoming, IngestOutcome, Job, JobOutcome, JobResult, QueueStats, QueuedEvent,
-    Store, StoreError,
+    DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome, JobResult, QueueStats,
+    QueuedEvent, StateStats, Store, StoreError,
 };
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
@@ -42,6 +42,8 @@ pub struct StoreOptions {
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     reader: Arc<std::sync::Mutex<Connection>>,
+    /// The data directory, for the store's size on disk.
+    dir: Arc<PathBuf>,
 }
 
 impl SqliteStore {
@@ -111,6 +113,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             ops: tx,
             reader: Arc::new(std::sync::Mutex::new(reader)),
+            dir: Arc::new(dir.to_path_buf()),
         })
     }
 
@@ -271,21 +274,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<(), StoreError> {
+    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<Vec<i64>, StoreError> {
         self.call(move |c, o| {
+            let mut dead_letters = Vec::new();
             for result in &results {
-                finish_one(c, o, result, now_ms)?;
+                dead_letters.extend(finish_one(c, o, result, now_ms)?);
             }
-            Ok(())
+            Ok(dead_letters)
         })
         .await
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let reader = self.reader.clone();
+        let (reader, dir) = (self.reader.clone(), self.dir.clone());
         tokio::task::spawn_blocking(move || {
             let c = reader.lock().unwrap_or_else(|p| p.into_inner());
-            queue_stats(&c)
+            queue_stats(&c, &dir)
         })
         .await
         .map_err(|_| StoreError::Closed)?
@@ -353,7 +357,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn queue_stats(c: &Connection) -> Result<QueueStats, StoreError> {
+fn queue_stats(c: &Connection, dir: &Path) -> Result<QueueStats, StoreError> {
     let events: i64 = c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
     // Ids grow with arrival, so the oldest event is the first by id: no scan needed.
     let oldest: Option<i64> = c
@@ -365,46 +369,89 @@ fn queue_stats(c: &Connection) -> Result<QueueStats, StoreError> {
         .optional()?;
     let subscribers: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
     let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
-    Ok(QueueStats {
+    let mut stats = QueueStats {
         events: events as u64,
         subscribers: subscribers as u64,
         oldest_received_ms: oldest,
         dead_letters: dead as u64,
-    })
+        bytes: bytes_on_disk(dir),
+        ..QueueStats::default()
+    };
+    for (state, figures) in state_stats(c)? {
+        match state {
+            STATE_WAITING => stats.waiting = figures,
+            STATE_RETRYING => stats.retrying = figures,
+            _ => stats.due = figures,
+        }
+    }
+    Ok(stats)
+}
+
+const STATE_DUE: i64 = 0;
+const STATE_WAITING: i64 = 1;
+const STATE_RETRYING: i64 = 2;
+
+/// Subscribers, events and the oldest arrival per state. One pass over the jobs; each job's
+/// events are counted on the `events(email, id)` index, and its oldest is its first by id.
+fn state_stats(c: &Connection) -> Result<Vec<(i64, StateStats)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT state, COUNT(*), SUM(n), MIN(oldest) FROM (
+            SELECT CASE WHEN j.waiting_since_ms IS NOT NULL THEN ?1
+                        WHEN j.attempts > 0 THEN ?2 ELSE ?3 END AS state,
+                   (SELECT COUNT(*) FROM events e WHERE e.email = j.email) AS n,
+                   (SELECT received_ms FROM events e WHERE e.email = j.email
+                    ORDER BY id LIMIT 1) AS oldest
+            FROM jobs j)
+         GROUP BY state",
+    )?;
+    let rows = stmt.query_map(params![STATE_WAITING, STATE_RETRYING, STATE_DUE], |r| {
+        let figures = StateStats {
+            subscribers: r.get::<_, i64>(1)? as u64,
+            events: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            oldest_received_ms: r.get(3)?,
+        };
+        Ok((r.get::<_, i64>(0)?, figures))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The store's files: the database, its write-ahead log and shared memory.
+fn bytes_on_disk(dir: &Path) -> u64 {
+    ["relay.db", "relay.db-wal", "relay.db-shm"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn read_dead_letters(c: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, email, reason, attempts, created_ms, properties, events
+        "SELECT id, email, cause, reason, attempts, created_ms, properties, events
          FROM dead_letters ORDER BY id",
     )?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
+            let letter = DeadLetter {
+                id: r.get(0)?,
+                email: r.get(1)?,
+                cause: DeadLetterCause::parse(r.get::<_, Option<String>>(2)?.as_deref()),
+                reason: r.get(3)?,
+                attempts: r.get(4)?,
+                created_ms: r.get(5)?,
+                properties: Map::new(),
+                events: Vec::new(),
+            };
+            Ok((letter, r.get::<_, String>(6)?, r.get::<_, String>(7)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(
-            |(id, email, reason, attempts, created_ms, properties, events)| {
-                Ok(DeadLetter {
-                    id,
-                    email,
-                    reason,
-                    attempts,
-                    created_ms,
-                    properties: from_json(&properties)?,
-                    events: from_json(&events)?,
-                })
-            },
-        )
+        .map(|(letter, properties, events)| {
+            Ok(DeadLetter {
+                properties: from_json(&properties)?,
+                events: from_json(&events)?,
+                ..letter
+            })
+        })
         .collect()
 }
 
@@ -638,13 +685,15 @@ fn applied(c: &Connection, email: &str) -> Result<HashMap<String, i64>, StoreErr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Records one result; answers the ids of the dead letters it created.
 fn finish_one(
     c: &Connection,
     o: &StoreOptions,
     result: &JobResult,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let email = result.email.as_str();
+    let mut dead_letters = Vec::new();
     match &result.outcome {
         JobOutcome::RetryAt {
             at_ms,
@@ -657,7 +706,7 @@ fn finish_one(
                  last_error = ?5 WHERE email = ?1",
                 params![email, at_ms, attempts, waiting_since_ms, error],
             )?;
-            return Ok(());
+            return Ok(dead_letters);
         }
         JobOutcome::Delivered {
             applied,
@@ -675,18 +724,44 @@ fn finish_one(
             for r in rejected {
                 let mut props = Map::new();
                 props.insert(r.key.clone(), r.value.clone());
-                add_dead_letter(c, result, &r.reason, *attempts, &props, now_ms)?;
+                let letter = Letter {
+                    cause: DeadLetterCause::PropertyRefused,
+                    reason: &r.reason,
+                    attempts: *attempts,
+                    properties: &props,
+                };
+                dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
             }
         }
-        JobOutcome::DeadLetter { reason, attempts } => {
-            add_dead_letter(c, result, reason, *attempts, &Map::new(), now_ms)?;
+        JobOutcome::DeadLetter {
+            reason,
+            attempts,
+            cause,
+        } => {
+            let letter = Letter {
+                cause: *cause,
+                reason,
+                attempts: *attempts,
+                properties: &Map::new(),
+            };
+            dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
         }
     }
     c.execute(
         "DELETE FROM events WHERE email = ?1 AND id <= ?2",
         params![email, result.up_to_event_id],
     )?;
-    settle_job(c, o, email, now_ms)
+    settle_job(c, o, email, now_ms)?;
+    Ok(dead_letters)
+}
+
+/// What a new dead letter says beside its events.
+struct Letter<'a> {
+    cause: DeadLetterCause,
+    reason: &'a str,
+    attempts: u32,
+    /// The properties concerned (`{}` when the whole update failed).
+    properties: &'a Map<String, Value>,
 }
 
 /// After events left the queue: drop the job if nothing remains, else make it due again
@@ -714,14 +789,13 @@ fn settle_job(
     Ok(())
 }
 
+/// Moves a result's events into a new dead letter; answers its id.
 fn add_dead_letter(
     c: &Connection,
     result: &JobResult,
-    reason: &str,
-    attempts: u32,
-    properties: &Map<String, Value>,
+    letter: &Letter<'_>,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let mut stmt =
         c.prepare_cached("SELECT raw FROM events WHERE email = ?1 AND id <= ?2 ORDER BY id")?;
     let raws = stmt
@@ -734,18 +808,19 @@ fn add_dead_letter(
         .map(|raw| serde_json::from_str(raw).unwrap_or(Value::String(raw.clone())))
         .collect();
     c.execute(
-        "INSERT INTO dead_letters (email, reason, attempts, created_ms, properties, events)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO dead_letters (email, cause, reason, attempts, created_ms, properties, events)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             result.email,
-            reason,
-            attempts,
+            letter.cause.as_str(),
+            letter.reason,
+            letter.attempts,
             now_ms,
-            to_json(properties)?,
+            to_json(letter.properties)?,
             to_json(&events)?
         ],
     )?;
-    Ok(())
+    Ok(c.last_insert_rowid())
 }
 
 /// Puts a dead letter back in the queue under its email, bypassing dedupe (its events were

@@ -174,6 +174,7 @@ async fn dead_letter_replay_and_purge() {
         JobOutcome::DeadLetter {
             reason: "gone".into(),
             attempts: 9,
+            cause: DeadLetterCause::NoSubscriber,
         },
         6,
     )
@@ -191,6 +192,7 @@ async fn dead_letter_replay_and_purge() {
         JobOutcome::DeadLetter {
             reason: "gone".into(),
             attempts: 9,
+            cause: DeadLetterCause::NoSubscriber,
         },
         20,
     )
