@@ -34,11 +34,13 @@ use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
+use crate::status::Activity;
 use crate::store::{
     DeadLetterCause, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError,
 };
 
-/// Longest pause of the whole worker after a failed round.
+/// Longest pause of the whole worker after a failed round, and its pause while the key is
+/// refused.
 const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Jobs read from the store at a time.
@@ -75,6 +77,9 @@ pub struct DeliverySettings {
     pub subscriber_cache_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub negative_cache_ttl: Duration,
+    /// While a backlog exists, a progress line (what is left, the rate, the ETA) this often.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -93,6 +98,7 @@ impl Default for DeliverySettings {
             coalesce_delay: Duration::from_millis(500),
             subscriber_cache_ttl: HOUR,
             negative_cache_ttl: MINUTE,
+            progress_interval: MINUTE,
         }
     }
 }
@@ -100,6 +106,12 @@ impl Default for DeliverySettings {
 impl DeliverySettings {
     /// The schedules must be able to run: a zero backoff would retry in a tight loop.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.progress_interval.is_zero() {
+            return Err(ConfigError::at(
+                "delivery.progress_interval",
+                "must be more than 0",
+            ));
+        }
         if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
             return Err(ConfigError::at(
                 "delivery.retry_backoff_min",
@@ -139,6 +151,8 @@ pub struct Delivery {
     pub wake: Arc<Notify>,
     /// What "now" is for due times, expiry and every wait.
     pub clock: SharedClock,
+    /// What was delivered and left out, for status and progress.
+    pub activity: Arc<Activity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,14 +176,7 @@ impl Delivery {
                 }
                 Ok(_) => failures = 0,
                 Err(e) => {
-                    tracing::warn!(error = %e, "delivery round failed; retrying");
-                    // Probing a ProsperStack that is down costs a request: back off, but keep
-                    // probing at least every minute so recovery is noticed soon.
-                    let policy = Backoff {
-                        base: self.settings.retry_backoff_min,
-                        cap: self.settings.retry_backoff_max.min(WORKER_BACKOFF_CAP),
-                    };
-                    let delay = retry::backoff(&policy, failures, rand::random());
+                    let delay = self.pause_after(&e, failures);
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
@@ -178,6 +185,23 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// How long the whole worker waits after a failed round. Probing a ProsperStack that is
+    /// down costs a request: back off, but probe at least every minute so recovery is noticed
+    /// soon. A refused key fails every request the same way until an operator fixes it, so
+    /// the worker just probes once a minute instead of spending the budget on 401s.
+    fn pause_after(&self, error: &DeliveryError, failures: u32) -> Duration {
+        if self.client.observed().key_refused() {
+            tracing::debug!(error = %error, "key refused; delivery paused");
+            return WORKER_BACKOFF_CAP;
+        }
+        tracing::warn!(error = %error, "delivery round failed; retrying");
+        let policy = Backoff {
+            base: self.settings.retry_backoff_min,
+            cap: self.settings.retry_backoff_max.min(WORKER_BACKOFF_CAP),
+        };
+        retry::backoff(&policy, failures, rand::random())
     }
 
     /// Sleeps until the next job is due, ingest wakes us, or shutdown.
@@ -248,6 +272,9 @@ impl Delivery {
         let now = self.clock.wall_ms();
         let ids = self.store.finish(vec![result.clone()], now).await?;
         self.report_dead_letters(&result, &ids);
+        if matches!(result.outcome, JobOutcome::Delivered { .. }) {
+            self.activity.delivered(now);
+        }
         Ok(trouble)
     }
 
@@ -404,6 +431,7 @@ impl Delivery {
     fn count_left_out(&self, plan: &Plan) {
         for name in plan.unmatched.iter().chain(&plan.missing_audiences) {
             self.metrics.trait_unmatched();
+            self.activity.unmatched(name);
             tracing::debug!(r#trait = %name, "trait matches no ProsperStack property; not sent");
         }
         for (key, reason) in &plan.dropped {

@@ -36,5 +36,6 @@ pub mod metrics;
 pub mod prosperstack;
 pub mod resolve;
 pub mod retry;
+pub mod status;
 pub mod store;
 pub mod telemetry;

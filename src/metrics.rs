@@ -79,6 +79,7 @@ pub struct Metrics {
     upstream_latency: Family<EndpointLabels, Histogram>,
     upstream_rate_limited: Counter,
     budget_remaining: Gauge,
+    key_refused: Gauge,
     cache_lookups: Family<CacheLabels, Counter>,
     subscribers_resolved: Family<ResolveLabels, Counter>,
     directory_pages: Counter,
@@ -118,6 +119,7 @@ impl Metrics {
             }),
             upstream_rate_limited: Counter::default(),
             budget_remaining: Gauge::default(),
+            key_refused: Gauge::default(),
             cache_lookups: Family::default(),
             subscribers_resolved: Family::default(),
             directory_pages: Counter::default(),
@@ -215,6 +217,11 @@ impl Metrics {
             "budget_remaining",
             "RateLimit-Remaining as last reported by ProsperStack",
             m.budget_remaining.clone(),
+        );
+        r.register(
+            "upstream_key_refused",
+            "1 while ProsperStack refuses the API key (401/403): delivery is paused",
+            m.key_refused.clone(),
         );
         r.register(
             "cache_lookups",
@@ -340,6 +347,10 @@ impl Metrics {
         if status == "429" {
             self.upstream_rate_limited.inc();
         }
+    }
+
+    pub fn set_key_refused(&self, refused: bool) {
+        self.key_refused.set(i64::from(refused));
     }
 
     pub fn set_budget_remaining(&self, remaining: u32) {

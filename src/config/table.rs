@@ -114,6 +114,11 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "RELAY_NEGATIVE_CACHE_TTL",
         Duration,
     ),
+    row(
+        "delivery.progress_interval",
+        "RELAY_PROGRESS_INTERVAL",
+        Duration,
+    ),
 ];
 
 /// File tables whose keys are the operator's own (trait name → property key); file only.

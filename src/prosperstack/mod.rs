@@ -14,6 +14,7 @@
 //!   (callers need not log it again). Request URLs, which may hold an email, never reach a log.
 
 mod headers;
+mod observed;
 mod types;
 
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::telemetry::redact_emails;
 use headers::{delay_from_headers, parse_seconds};
 
+pub use observed::{KeyState, Observed, RateLimitSeen, Seen};
 pub use types::{
     ApiKey, InvalidApiKey, NewProperty, Page, Property, PropertyType, PropertyValue, Subscriber,
 };
@@ -85,6 +87,7 @@ pub struct Client {
     key: ApiKey,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    observed: Arc<Observed>,
 }
 
 impl fmt::Debug for Client {
@@ -114,18 +117,25 @@ impl Client {
             .user_agent(concat!("prosperstack-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| setup_error(format!("cannot build the HTTP client: {e}")))?;
+        let observed = Arc::new(Observed::new(budget.clock().clone()));
         Ok(Client {
             http,
             base,
             key,
             budget,
             metrics,
+            observed,
         })
     }
 
     /// The budget every request of this client passes.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
+    }
+
+    /// What this client (and its clones) has seen of ProsperStack.
+    pub fn observed(&self) -> &Arc<Observed> {
+        &self.observed
     }
 
     /// One page of subscriber properties: `GET /v1/properties?entity=subscriber&limit=100`.
@@ -245,12 +255,17 @@ impl Client {
         request: RequestBuilder,
     ) -> Result<Bytes, ApiError> {
         self.budget.acquire().await;
+        self.observed.request_sent();
         let started = Instant::now();
         let sent = request.basic_auth(self.key.expose(), Some("")).send().await;
         let response = sent.map_err(|e| self.no_response(endpoint, e, started))?;
         let status = response.status();
         let headers = response.headers().clone();
         self.observe(&headers);
+        if status.is_success() {
+            self.observed.success();
+            self.metrics.set_key_refused(false);
+        }
         let body = response.bytes().await;
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics
@@ -292,17 +307,28 @@ impl Client {
 
     /// The server's view of the budget is the truth: pass it on with every response.
     fn observe(&self, headers: &HeaderMap) {
+        let limit = header(headers, "ratelimit-limit").and_then(|v| v.trim().parse().ok());
         let remaining = header(headers, "ratelimit-remaining").and_then(|v| v.parse().ok());
         let reset = header(headers, "ratelimit-reset").and_then(parse_seconds);
         self.budget.observe(remaining, reset);
+        self.observed
+            .rate_limit(limit, remaining, reset.map(|d| d.as_secs()));
         if let Some(remaining) = remaining {
             self.metrics.set_budget_remaining(remaining);
         }
     }
 
     /// Logs a failed call once, without the key, URL or any email, and hands the error back.
+    /// A refused key is logged by [`Observed`], at error and at most once a minute, since
+    /// every request fails the same way until an operator fixes it.
     fn failed(&self, endpoint: &'static str, error: ApiError) -> ApiError {
-        tracing::warn!(endpoint, error = %redact_emails(&error.to_string()), "ProsperStack call failed");
+        let key_refused = matches!(error, ApiError::Unauthorized { .. });
+        self.observed.failure(&error.to_string(), key_refused);
+        if key_refused {
+            self.metrics.set_key_refused(true);
+        } else {
+            tracing::warn!(endpoint, error = %redact_emails(&error.to_string()), "ProsperStack call failed");
+        }
         error
     }
 }

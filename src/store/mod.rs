@@ -228,6 +228,15 @@ pub struct DeadLetter {
     pub events: Vec<Value>,
 }
 
+/// A status document as a serving process saved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedStatus {
+    pub replica: String,
+    pub saved_ms: i64,
+    /// The JSON of [`crate::status::Status`].
+    pub body: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -301,4 +310,15 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<usize, StoreError>;
     async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError>;
+    /// Saves a serving process's status document (JSON), replacing its previous one, and
+    /// forgets those of processes silent since `forget_before_ms`.
+    async fn save_status(
+        &self,
+        replica: String,
+        body: String,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The saved status documents, the most recent first.
+    async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError>;
 }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{
     DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome, JobResult, QueueStats,
-    QueuedEvent, StateStats, Store, StoreError,
+    QueuedEvent, SavedStatus, StateStats, Store, StoreError,
 };
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
@@ -344,6 +344,47 @@ impl Store for SqliteStore {
             Ok(chosen.len())
         })
         .await
+    }
+
+    async fn save_status(
+        &self,
+        replica: String,
+        body: String,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c, _| {
+            c.prepare_cached(
+                "INSERT INTO status (replica, saved_ms, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(replica) DO UPDATE SET saved_ms = excluded.saved_ms,
+                 body = excluded.body",
+            )?
+            .execute(params![replica, now_ms, body])?;
+            c.prepare_cached("DELETE FROM status WHERE saved_ms < ?1")?
+                .execute([forget_before_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = c.prepare_cached(
+                "SELECT replica, saved_ms, body FROM status ORDER BY saved_ms DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(SavedStatus {
+                    replica: r.get(0)?,
+                    saved_ms: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError> {

@@ -9,6 +9,7 @@
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
+//! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
 //! - [`common`]: the harness they share.
 
@@ -19,6 +20,7 @@ mod efficiency;
 mod emails;
 mod latest_wins;
 mod operations;
+mod operators;
 mod relay;
 mod reliability;
 mod upgrade;

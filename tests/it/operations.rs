@@ -69,7 +69,7 @@ async fn healthcheck_exits_1_when_nothing_listens() {
 async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
     let sb = start_sandbox(SandboxConfig {
         rate_limit_requests: 1,
-        rate_limit_window: Duration::from_secs(10),
+        rate_limit_window: Duration::from_secs(60),
         ..SandboxConfig::default()
     })
     .await;
@@ -77,9 +77,10 @@ async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
         &sb.url,
         &[
             ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "1"),
-            ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "10"),
-            // Long enough that a loaded machine's polls still see the drain in progress.
-            ("RELAY_DRAIN_DEADLINE", "8s"),
+            ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "60"),
+            // Long enough that a loaded machine's polls still see the drain in progress;
+            // delivery, waiting for the window, holds the drain open until then.
+            ("RELAY_DRAIN_DEADLINE", "12s"),
         ],
     )
     .await;
@@ -110,7 +111,7 @@ async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
         (200, json!(2)),
         "{answer}"
     );
-    // The first upstream request spends the window: delivery now waits ~10 s for the next.
+    // The first upstream request spends the window: delivery now waits a minute for the next, longer than the drain deadline.
     assert!(
         eventually(PATIENCE, || async {
             sb.sandbox.stats().requests_total >= 1

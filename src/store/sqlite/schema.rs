@@ -29,7 +29,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "emails keyed case-insensitively, spellings kept; dead letters' causes",
+        name: "emails keyed case-insensitively, spellings kept; dead letters' causes; status",
         sql: V2,
     },
 ];
@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NUL
 /// differed only in case are merged (the earliest schedule and first queue time, the latest
 /// applied timestamp); an event keeps the spelling it was sent with in `sent_email`, because
 /// ProsperStack's email filter may compare exactly. Remembered emails keep their spelling.
-/// Dead letters also record their cause (`DeadLetterCause`; none for older ones).
+/// Dead letters also record their cause (`DeadLetterCause`; none for older ones), and each
+/// serving process saves its status document, for `prosperstack-relay status`.
 const V2: &str = "
 ALTER TABLE events ADD COLUMN sent_email TEXT;
 UPDATE events SET sent_email = email WHERE email <> lower(email);
@@ -131,6 +132,12 @@ ALTER TABLE applied_v2 RENAME TO applied;
 
 UPDATE dead_letters SET email = lower(email);
 ALTER TABLE dead_letters ADD COLUMN cause TEXT;
+
+CREATE TABLE status (
+    replica TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The version recorded in the store (0 for a new file or one written before versions).
