@@ -73,7 +73,8 @@ fn upstream_client(
         budget,
         metrics,
         upstream.request_timeout,
-    )?)
+    )?
+    .with_update_method(upstream.update_method))
 }
 
 /// Runs the relay until `shutdown` completes, then drains and returns.

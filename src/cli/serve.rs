@@ -16,7 +16,7 @@ use clap::Args;
 use super::check_config::startable;
 use super::config_failure;
 use crate::config;
-use prosperstack_sandbox::{Sandbox, SandboxConfig, SANDBOX_API_KEY};
+use prosperstack_sandbox::{Sandbox, SandboxConfig, UpdateVerb, SANDBOX_API_KEY};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -41,6 +41,9 @@ pub struct SandboxArgs {
     /// Start empty instead of with the demo subscribers and properties.
     #[arg(long)]
     pub no_seed: bool,
+    /// The one verb "Update a subscriber" accepts (PUT or PATCH); the other is answered 405.
+    #[arg(long, default_value = "PUT")]
+    pub update_method: UpdateVerb,
 }
 
 pub(super) async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> ExitCode {
@@ -136,6 +139,7 @@ pub(super) async fn sandbox(args: SandboxArgs) -> ExitCode {
         rate_limit_requests: args.rate_limit_requests,
         rate_limit_window: Duration::from_secs_f64(args.rate_limit_window_secs),
         seed_demo: !args.no_seed,
+        update_verb: args.update_method,
         ..SandboxConfig::default()
     };
     let stop = tokio_util::sync::CancellationToken::new();

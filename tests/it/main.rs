@@ -9,6 +9,7 @@
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
 mod coalesce;
@@ -19,4 +20,5 @@ mod latest_wins;
 mod operations;
 mod relay;
 mod reliability;
+mod update_verb;
 mod upgrade;
