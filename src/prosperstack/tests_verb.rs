@@ -2,8 +2,6 @@
 //! once with the other verb, a verb that works is kept for every clone with one warning, and
 //! two 405s leave the work to be retried.
 
-use std::sync::Mutex;
-
 use axum::http::StatusCode as AxumStatus;
 use axum::response::IntoResponse;
 use axum::routing::{patch, put, MethodRouter};
@@ -13,39 +11,6 @@ use serde_json::json;
 use super::tests::{rig, seen, serve, subscriber, SECRET};
 use super::*;
 use crate::retry::{self, Backoff, Decision};
-
-/// Log lines written while a test runs (the client logs through `tracing`).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-
-    /// Routes this thread's log events here until the guard drops (tests run on one thread).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-}
 
 /// `/v1/subscribers/{id}` answering only `handler`'s verb; axum answers the other 405 with
 /// an `Allow` header, as the sandbox does.
@@ -64,12 +29,11 @@ fn props() -> serde_json::Map<String, serde_json::Value> {
 }
 
 /// Configured PUT against a server that takes only PATCH: the update lands by PATCH, later
-/// updates of every clone go straight to PATCH, one warning names the setting, and the metrics
-/// label each request with the verb it was sent with.
+/// updates of every clone go straight to PATCH, and the metrics label each request with the
+/// verb it was sent with. (The one warning is checked on the real binary's log, in
+/// `tests/it/update_verb.rs`: capturing `tracing` here would race with parallel tests.)
 #[tokio::test]
 async fn a_405_to_put_switches_to_patch_once_for_every_clone() {
-    let log = Captured::default();
-    let _guard = log.install();
     let (base, requests) = serve(only(patch(|| async { ok_update() }))).await;
     let rig = rig(base, SECRET, Duration::from_secs(5));
     let updated = rig.client.update_subscriber("subr_1", &props()).await;
@@ -93,10 +57,6 @@ async fn a_405_to_put_switches_to_patch_once_for_every_clone() {
         ]
     );
     assert_eq!(rig.client.update_method(), UpdateMethod::Patch);
-    let text = log.text();
-    let warning = "ProsperStack answered 405 to PUT updates; PATCH works — set update_method = \"PATCH\" (RELAY_UPDATE_METHOD)";
-    assert_eq!(text.matches(warning).count(), 1, "{text}");
-    assert!(!text.contains("ProsperStack call failed"), "{text}");
     let metrics = rig.metrics.render();
     assert!(
         metrics.contains(r#"endpoint="PUT /v1/subscribers/{id}",status="405"} 1"#),
