@@ -8,7 +8,8 @@
 //! - [`health`]: `healthcheck` asks a running relay's `/healthz` (for container health checks,
 //!   no curl needed);
 //! - [`dead_letters`]: `dead-letters` inspects, replays and purges dead letters in the data
-//!   directory.
+//!   directory;
+//! - [`preview`]: `preview` shows how a payload would map, sending nothing.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
@@ -19,17 +20,25 @@
 mod check_config;
 mod dead_letters;
 mod health;
+mod preview;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use base64::Engine;
 use clap::{Parser, Subcommand};
 
-use crate::config::ConfigError;
+use crate::budget::Budget;
+use crate::clock::TokioClock;
+use crate::config::{self, ConfigError, ProsperStackSettings};
+use crate::metrics::Metrics;
+use crate::prosperstack::{ApiError, ApiKey, Client};
 
 pub use dead_letters::DeadLetterCommand;
 pub use health::{default_health_url, HealthcheckArgs};
+pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -59,6 +68,8 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Show how a Segment payload would map to ProsperStack properties, sending nothing.
+    Preview(PreviewArgs),
 }
 
 /// Runs the parsed command line.
@@ -69,6 +80,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config::check_config(cli.config.as_deref()),
         Command::Healthcheck(args) => health::healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters::dead_letters(cli.config, cmd).await,
+        Command::Preview(args) => preview::preview(cli.config, args).await,
     }
 }
 
@@ -76,6 +88,53 @@ pub async fn main(cli: Cli) -> ExitCode {
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
+}
+
+/// The data directory `serve --sandbox` uses: the process environment, except that
+/// `RELAY_DATA_DIR` defaults to `./data/sandbox` (tools given `--sandbox` look there too).
+fn sandbox_data_env(name: &str) -> Option<String> {
+    match name {
+        "RELAY_DATA_DIR" => {
+            Some(config::process_env(name).unwrap_or_else(|| SANDBOX_DATA_DIR.into()))
+        }
+        _ => config::process_env(name),
+    }
+}
+
+/// Where `serve --sandbox` keeps its queue when `RELAY_DATA_DIR` is not set.
+const SANDBOX_DATA_DIR: &str = "./data/sandbox";
+
+/// A ProsperStack client for a tool: the configured URL, key, verb and pace, its own budget
+/// and metrics (a tool's few requests are its own).
+fn upstream_client(upstream: &ProsperStackSettings) -> Result<Client, ApiError> {
+    let key = upstream.require_api_key().map_err(|e| ApiError::Rejected {
+        status: 0,
+        message: e.to_string(),
+    })?;
+    let budget = Budget::new(
+        upstream.rate_limit_requests,
+        upstream.rate_limit_window,
+        TokioClock::shared(),
+    );
+    let client = Client::new(
+        upstream.api_url.clone(),
+        key.clone(),
+        Arc::new(budget),
+        Arc::new(Metrics::new()),
+        upstream.request_timeout,
+    )?;
+    Ok(client.with_update_method(upstream.update_method))
+}
+
+/// `text` with the API key, and its basic-auth form, replaced: what a tool prints may quote a
+/// server's message, and a server (or a proxy) could echo either.
+fn hide_key(text: &str, key: Option<&ApiKey>) -> String {
+    let Some(key) = key else {
+        return text.to_owned();
+    };
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", key.expose()));
+    text.replace(key.expose(), "[API key]")
+        .replace(&basic, "[API key]")
 }
 
 #[cfg(test)]

@@ -90,10 +90,7 @@ fn sandbox_env(sandbox_url: Option<&str>, name: &str) -> Option<String> {
         "PROSPERSTACK_API_URL" => Some(url.to_owned()),
         "PROSPERSTACK_API_KEY" => Some(SANDBOX_API_KEY.to_owned()),
         "PROSPERSTACK_API_KEY_FILE" => None,
-        "RELAY_DATA_DIR" => {
-            Some(config::process_env(name).unwrap_or_else(|| "./data/sandbox".into()))
-        }
-        _ => config::process_env(name),
+        _ => super::sandbox_data_env(name),
     }
 }
 

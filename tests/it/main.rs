@@ -9,6 +9,7 @@
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -18,6 +19,7 @@ mod crash;
 mod efficiency;
 mod latest_wins;
 mod operations;
+mod preview;
 mod relay;
 mod reliability;
 mod update_verb;
