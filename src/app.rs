@@ -77,7 +77,8 @@ fn upstream_client(
         budget,
         metrics,
         upstream.request_timeout,
-    )?)
+    )?
+    .with_update_method(upstream.update_method))
 }
 
 /// Everything the running relay shares between its tasks and routes.

@@ -198,6 +198,28 @@ fn engage(obj: &Map<String, Value>) -> Option<Engage> {
     })
 }
 
+/// Where an Identify's email was found, for tools that explain an event (`preview`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum EmailSource {
+    #[serde(rename = "traits.email")]
+    Traits,
+    #[serde(rename = "context.traits.email")]
+    ContextTraits,
+}
+
+/// The email an Identify carries and where, by [`normalise`]'s precedence: `traits.email`,
+/// else `context.traits.email`. `None` when neither holds one (the store may still remember
+/// one for the `userId`).
+pub fn email_source(event: &Value) -> Option<(String, EmailSource)> {
+    let traits = event.get("traits").and_then(Value::as_object);
+    if let Some(email) = traits.and_then(email_from) {
+        return Some((email, EmailSource::Traits));
+    }
+    let context = event.get("context").and_then(|c| c.get("traits"));
+    let email = context.and_then(Value::as_object).and_then(email_from)?;
+    Some((email, EmailSource::ContextTraits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,7 +259,7 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
 }
 
 /// One event of the body: its parsed JSON (or why it is not an event) and its raw text.
-type RawEvent = (Result<Value, String>, String);
+pub type RawEvent = (Result<Value, String>, String);
 
 /// Splits the body into events, checking the signature over the bytes Segment signed.
 fn parse_body(
@@ -267,23 +267,52 @@ fn parse_body(
     headers: &HeaderMap,
     secret: Option<&Secret>,
 ) -> Result<Vec<RawEvent>, IngestError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let elements: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
+    let text = body_text(bytes)?;
+    if is_array(text) {
+        let elements = array_elements(text)?;
         if let (Some(secret), Some(first)) = (secret, elements.first()) {
             verify_signature(secret, first.get().as_bytes(), headers)?;
         }
-        return Ok(elements
-            .iter()
-            .map(|raw| (parse_element(raw.get()), raw.get().to_owned()))
-            .collect());
+        return Ok(array_events(&elements));
     }
     if let Some(secret) = secret {
         verify_signature(secret, bytes, headers)?;
     }
+    object_events(text)
+}
+
+/// Splits a body into events as `POST /v1/segment` does (one event, a JSON array, or
+/// `{"batch": [...]}`), without authenticating it: for tools that explain a payload.
+pub fn split_body(bytes: &[u8]) -> Result<Vec<RawEvent>, IngestError> {
+    let text = body_text(bytes)?;
+    if is_array(text) {
+        return Ok(array_events(&array_elements(text)?));
+    }
+    object_events(text)
+}
+
+fn body_text(bytes: &[u8]) -> Result<&str, IngestError> {
+    std::str::from_utf8(bytes).map_err(|_| IngestError::Malformed("body is not UTF-8".into()))
+}
+
+fn is_array(text: &str) -> bool {
+    text.trim_start().starts_with('[')
+}
+
+fn array_elements(text: &str) -> Result<Vec<&RawValue>, IngestError> {
+    serde_json::from_str(text).map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))
+}
+
+/// Each element parsed on its own, so one malformed element costs only itself.
+fn array_events(elements: &[&RawValue]) -> Vec<RawEvent> {
+    elements
+        .iter()
+        .map(|raw| (parse_element(raw.get()), raw.get().to_owned()))
+        .collect()
+}
+
+/// A body that is not an array: one event, or the Tracking API's `{"batch": [...]}`.
+fn object_events(text: &str) -> Result<Vec<RawEvent>, IngestError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {

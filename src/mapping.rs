@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heck::ToSnakeCase;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use tokio::sync::Mutex;
 
@@ -94,6 +94,39 @@ impl Catalogue {
     pub fn get(&self, key: &str) -> Option<&Property> {
         self.by_key.get(key)
     }
+
+    /// Every subscriber property, by key.
+    pub fn properties(&self) -> impl Iterator<Item = &Property> {
+        let mut all: Vec<&Property> = self.by_key.values().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all.into_iter()
+    }
+}
+
+/// Which rule matched a trait to a property (the module's rules 1–4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchRule {
+    /// A configured `[trait_mappings]` entry.
+    Mapping,
+    /// The property's display name equals the trait name.
+    Name,
+    /// The property's key equals the trait name.
+    Key,
+    /// The property's key equals the trait's snake_case form.
+    SnakeCase,
+}
+
+impl MatchRule {
+    /// The rule's name, as `preview` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchRule::Mapping => "mapping",
+            MatchRule::Name => "name",
+            MatchRule::Key => "key",
+            MatchRule::SnakeCase => "snake_case",
+        }
+    }
 }
 
 /// The matching rules from configuration.
@@ -113,18 +146,28 @@ impl Rules {
 
     /// The property a trait name maps to, by the module's precedence.
     pub fn match_trait<'c>(&self, name: &str, catalogue: &'c Catalogue) -> Option<&'c Property> {
+        self.match_trait_with_rule(name, catalogue).map(|(p, _)| p)
+    }
+
+    /// The property a trait name maps to, and the rule that matched it.
+    pub fn match_trait_with_rule<'c>(
+        &self,
+        name: &str,
+        catalogue: &'c Catalogue,
+    ) -> Option<(&'c Property, MatchRule)> {
         if let Some(key) = self.trait_mappings.get(name) {
             // A configured mapping is the operator's word: it does not fall through.
-            return catalogue.get(key);
+            return catalogue.get(key).map(|p| (p, MatchRule::Mapping));
         }
         if let Some(key) = catalogue.key_by_name.get(name) {
-            return catalogue.get(key);
+            return catalogue.get(key).map(|p| (p, MatchRule::Name));
         }
         if let Some(p) = catalogue.get(name) {
-            return Some(p);
+            return Some((p, MatchRule::Key));
         }
         if self.snake_case_match {
-            return catalogue.get(&name.to_snake_case());
+            let snake = name.to_snake_case();
+            return catalogue.get(&snake).map(|p| (p, MatchRule::SnakeCase));
         }
         None
     }

@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Seconds,
     Bool,
     Duration,
+    /// An HTTP verb for subscriber updates: `PUT` or `PATCH`.
+    Verb,
 }
 
 /// One setting: where it sits in the file and which variable sets it.
@@ -57,6 +59,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "PROSPERSTACK_REQUEST_TIMEOUT",
         Duration,
     ),
+    row("prosperstack.update_method", "RELAY_UPDATE_METHOD", Verb),
     row("segment.shared_secret", "SEGMENT_SHARED_SECRET", Secret),
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
@@ -211,6 +214,7 @@ impl Kind {
             Seconds => "a number of seconds",
             Bool => "true or false",
             Duration => "a duration like 20s, 5m, 24h, 7d",
+            Verb => "PUT or PATCH",
         }
     }
 
@@ -237,7 +241,9 @@ impl Kind {
             },
             // A secret is taken byte for byte: trimming could turn a wrong one into a right one.
             Secret => Ok(toml::Value::String(raw.to_owned())),
-            Address | Url | Path | LogFormat | Duration => Ok(toml::Value::String(text.to_owned())),
+            Address | Url | Path | LogFormat | Duration | Verb => {
+                Ok(toml::Value::String(text.to_owned()))
+            }
         }
     }
 

@@ -56,6 +56,7 @@ fn defaults() {
         (100, Duration::from_secs(60))
     );
     assert_eq!(ps.request_timeout, Duration::from_secs(10));
+    assert_eq!(ps.update_method, crate::prosperstack::UpdateMethod::Put);
     assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(s.metrics_listen, None);
     assert_eq!(s.data_dir, PathBuf::from("./data"));
@@ -583,6 +584,7 @@ fn every_setting_reads_alike_from_file_and_env() {
             Kind::Seconds => "2.5",
             Kind::Bool => "false",
             Kind::Duration => "7m",
+            Kind::Verb => "PATCH",
         };
         let value = setting.kind.to_toml(sample).unwrap();
         let f = toml_file(&file_line(setting.key, &value.to_string()));

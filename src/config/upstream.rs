@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::ConfigError;
-use crate::prosperstack::ApiKey;
+use crate::prosperstack::{ApiKey, UpdateMethod};
 
 /// The ProsperStack API's address, key and limits.
 #[derive(Clone, Debug, Deserialize)]
@@ -30,6 +30,8 @@ pub struct ProsperStackSettings {
     /// Time allowed for one request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The verb updates are sent with first (a 405 switches to the other, with a warning).
+    pub update_method: UpdateMethod,
 }
 
 impl Default for ProsperStackSettings {
@@ -40,6 +42,7 @@ impl Default for ProsperStackSettings {
             rate_limit_requests: 100,
             rate_limit_window: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            update_method: UpdateMethod::Put,
         }
     }
 }

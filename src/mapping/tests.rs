@@ -123,6 +123,44 @@ fn precedence() {
     assert!(r.match_trait("Plan tier", &c).is_none());
 }
 
+/// Each rule names itself: mapping, name, key, snake_case; a mapping to no property matches
+/// nothing (it does not fall through to the other rules).
+#[test]
+fn match_rules_are_named() {
+    let c = catalogue();
+    let mut r = rules();
+    r.trait_mappings
+        .insert("Nick".into(), "preferred_name".into());
+    r.trait_mappings.insert("Typo".into(), "no_such_key".into());
+    let cases = [
+        ("Nick", Some(("preferred_name", MatchRule::Mapping))),
+        ("Last contacted", Some(("last_contacted", MatchRule::Name))),
+        (
+            "high_value_customers",
+            Some(("high_value_customers", MatchRule::Key)),
+        ),
+        (
+            "isProfessional",
+            Some(("is_professional", MatchRule::SnakeCase)),
+        ),
+        ("Typo", None),
+        ("nothing like it", None),
+    ];
+    for (name, want) in cases {
+        let got = r
+            .match_trait_with_rule(name, &c)
+            .map(|(p, rule)| (p.key.as_str(), rule));
+        assert_eq!(got, want, "{name}");
+        assert_eq!(
+            r.match_trait(name, &c).map(|p| p.key.as_str()),
+            want.map(|(k, _)| k)
+        );
+    }
+    assert_eq!(MatchRule::SnakeCase.as_str(), "snake_case");
+    let keys: Vec<&str> = c.properties().map(|p| p.key.as_str()).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]) && !keys.contains(&"plan_tier"));
+}
+
 /// Values are converted per property type.
 #[test]
 fn conversions() {

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
+mod read;
 mod schema;
 
 /// How many waiting requests one transaction takes at most.

@@ -11,6 +11,8 @@
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
+//! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
 mod coalesce;
@@ -21,6 +23,8 @@ mod emails;
 mod latest_wins;
 mod operations;
 mod operators;
+mod preview;
 mod relay;
 mod reliability;
+mod update_verb;
 mod upgrade;
