@@ -9,6 +9,7 @@
 //!   no curl needed);
 //! - [`dead_letters`]: `dead-letters` inspects, replays and purges dead letters in the data
 //!   directory;
+//! - [`doctor`]: `doctor` checks a setup against the real API (at most 2 requests);
 //! - [`preview`]: `preview` shows how a payload would map, sending nothing.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
@@ -19,6 +20,7 @@
 
 mod check_config;
 mod dead_letters;
+mod doctor;
 mod health;
 mod preview;
 mod serve;
@@ -68,6 +70,9 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Check the configuration, the store and ProsperStack with this key (at most 2 requests);
+    /// exit 1 on any problem.
+    Doctor,
     /// Show how a Segment payload would map to ProsperStack properties, sending nothing.
     Preview(PreviewArgs),
 }
@@ -80,6 +85,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config::check_config(cli.config.as_deref()),
         Command::Healthcheck(args) => health::healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters::dead_letters(cli.config, cmd).await,
+        Command::Doctor => doctor::doctor(cli.config).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
     }
 }
