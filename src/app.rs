@@ -85,7 +85,11 @@ pub async fn run(
 ) -> Result<(), AppError> {
     // Everything that can fail at start-up happens before any task is spawned.
     let metrics_listener = match settings.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| crate::config::cannot_listen("metrics_listen", addr, &e))?,
+        ),
         None => None,
     };
     let store = open_store(&settings)?;

@@ -9,11 +9,13 @@
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`cli_edges`]: replay's usage and unknown ids, `--sandbox` for tools, health URLs, taken ports.
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
+mod cli_edges;
 mod coalesce;
 mod common;
 mod crash;
