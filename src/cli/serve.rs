@@ -5,7 +5,10 @@
 //! setting, the data directory, an address another process holds: one line naming what to
 //! change), 1 when it fails while running.
 //! Stays true: with `--sandbox`, the simulator is the upstream whatever the environment says
-//! (its own URL and key), so a demo can never reach a real ProsperStack account.
+//! (its own URL and key), so a demo can never reach a real ProsperStack account; and its queue
+//! belongs to that simulator: the default `./data/sandbox` starts afresh each run as the
+//! simulator does, while a directory named with `RELAY_DATA_DIR` is kept (and a warning says
+//! what that means for duplicates).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +20,8 @@ use clap::Args;
 use super::check_config::startable;
 use super::config_failure;
 use crate::app::AppError;
-use crate::config;
+use crate::config::{self, Settings};
+use crate::store::SqliteStore;
 use prosperstack_sandbox::{Sandbox, SandboxConfig, UpdateVerb, SANDBOX_API_KEY};
 
 #[derive(Debug, Args)]
@@ -58,6 +62,9 @@ pub(super) async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Exit
     crate::telemetry::init(settings.log_format);
     let shutdown = tokio_util::sync::CancellationToken::new();
     if args.sandbox {
+        if let Err(line) = sandbox_queue(&settings) {
+            return refuse(&line);
+        }
         if let Err(line) = serve_sandbox(args.sandbox_listen, &shutdown).await {
             return refuse(&line);
         }
@@ -87,6 +94,23 @@ pub(super) async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Exit
 fn refuse(line: &str) -> ExitCode {
     eprintln!("{line}");
     ExitCode::from(2)
+}
+
+/// The queue of `serve --sandbox`. The simulator starts with its demo data each run; a queue
+/// kept from an earlier run would remember that run's messageIds and answer the README's demo
+/// event as a duplicate, never delivered to the new simulator. So the default directory starts
+/// afresh; a directory the operator named is theirs, kept, with a warning saying so.
+fn sandbox_queue(settings: &Settings) -> Result<(), String> {
+    let dir = &settings.data_dir;
+    if config::process_env("RELAY_DATA_DIR").is_some() {
+        tracing::warn!(data_dir = %dir.display(), "serve --sandbox keeps the queue in RELAY_DATA_DIR, but the sandbox starts afresh: events whose messageId an earlier run stored are answered as duplicates and not delivered again (unset RELAY_DATA_DIR for a fresh ./data/sandbox each run)");
+        return Ok(());
+    }
+    SqliteStore::discard(dir).map_err(|e| {
+        format!("cannot start the sandbox's queue afresh: {e}; stop the relay using it, or set RELAY_DATA_DIR to another directory")
+    })?;
+    tracing::info!(data_dir = %dir.display(), "the sandbox's queue starts afresh, as the simulated ProsperStack does");
+    Ok(())
 }
 
 /// The process environment, except that with `--sandbox` (its URL given) the simulator is the

@@ -12,6 +12,7 @@
 //! - [`cli_edges`]: replay's usage and unknown ids, `--sandbox` for tools, health URLs, taken ports.
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
+//! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -24,6 +25,7 @@ mod efficiency;
 mod latest_wins;
 mod operations;
 mod preview;
+mod quick_start;
 mod relay;
 mod reliability;
 mod update_verb;
