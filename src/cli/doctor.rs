@@ -11,7 +11,7 @@
 
 mod checks;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{hide_key, upstream_client};
@@ -66,7 +66,7 @@ pub(super) async fn doctor(config_file: Option<PathBuf>) -> ExitCode {
         }
     };
     report.add(configuration(&settings));
-    report.add(store(&settings.data_dir, &settings).await);
+    report.add(store(&settings).await);
     upstream(&settings, &mut report).await;
     report.finish(settings.prosperstack.api_key.as_ref())
 }
@@ -81,7 +81,8 @@ fn configuration(settings: &Settings) -> Finding {
 }
 
 /// The data directory is writable and the store in it, if any, opens and takes a write.
-async fn store(dir: &Path, settings: &Settings) -> Finding {
+async fn store(settings: &Settings) -> Finding {
+    let dir = &settings.data_dir;
     if let Err(e) = settings.check_can_start() {
         return Finding::problem(e.to_string());
     }
