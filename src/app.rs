@@ -136,7 +136,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let metrics_listener = match settings.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| crate::config::cannot_listen("metrics_listen", addr, &e))?,
+        ),
         None => None,
     };
     let parts = Parts::build(&settings)?;

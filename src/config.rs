@@ -33,6 +33,7 @@ use url::Url;
 use crate::delivery::DeliverySettings;
 use crate::ingest::SegmentSettings;
 use crate::mapping::MappingSettings;
+pub use startup::cannot_listen;
 pub use upstream::ProsperStackSettings;
 
 /// A secret string (shared secret, ingest token). `Debug` prints only that it is set.

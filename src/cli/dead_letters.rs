@@ -1,7 +1,9 @@
 //! `dead-letters list | replay | purge`: the operator's hands on what delivery gave up on.
 //!
-//! In: the data directory (`RELAY_DATA_DIR` or `data_dir`; secrets are not read) and the
-//! subcommand. Out: a table or JSON on stdout; replayed events queued again, purged letters gone.
+//! In: the data directory (`RELAY_DATA_DIR` or `data_dir`; with `--sandbox`, the one
+//! `serve --sandbox` uses; secrets are not read) and the subcommand. Out: a table or JSON on
+//! stdout; replayed events queued again, purged letters gone. Exit 1 when the store cannot be
+//! used or a replayed id names no dead letter (the others named are still replayed).
 //! Stays true: the store is opened shared (no directory lock, no schema upgrade), so the relay
 //! may be running; it delivers what a replay queues.
 
@@ -9,12 +11,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use super::config_failure;
+use super::{config_failure, tool_settings};
 use crate::clock::{Clock, TokioClock};
-use crate::config::{self, Settings};
-use crate::store::{DeadLetter, SqliteStore, Store};
+use crate::store::{DeadLetter, SqliteStore, Store, StoreError};
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Use the data directory `serve --sandbox` uses (./data/sandbox unless RELAY_DATA_DIR is set).
+    #[arg(long, global = true)]
+    pub sandbox: bool,
+    #[command(subcommand)]
+    pub command: DeadLetterCommand,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
@@ -24,12 +34,13 @@ pub enum DeadLetterCommand {
         json: bool,
     },
     /// Put dead letters' original events back in the queue.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "all"]))]
     Replay {
         /// Dead letter ids to replay (repeatable).
-        #[arg(long = "id", required_unless_present = "all")]
+        #[arg(long = "id", value_name = "ID")]
         ids: Vec<i64>,
         /// Replay every dead letter.
-        #[arg(long, conflicts_with = "ids")]
+        #[arg(long)]
         all: bool,
     },
     /// Delete dead letters older than a duration (e.g. 30d).
@@ -39,14 +50,13 @@ pub enum DeadLetterCommand {
     },
 }
 
-pub(super) async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCommand) -> ExitCode {
+pub(super) async fn dead_letters(config_file: Option<PathBuf>, args: DeadLettersArgs) -> ExitCode {
     // Only the data directory is needed, so secrets are not read; the relay may be running
     // (SQLite serialises writers).
-    let settings =
-        match Settings::load_without_secrets(config_file.as_deref(), &config::process_env) {
-            Ok(s) => s,
-            Err(e) => return config_failure(&e),
-        };
+    let settings = match tool_settings(config_file.as_deref(), args.sandbox) {
+        Ok(s) => s,
+        Err(e) => return config_failure(&e),
+    };
     let store = match SqliteStore::open_shared(&settings.data_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -54,33 +64,76 @@ pub(super) async fn dead_letters(config_file: Option<PathBuf>, cmd: DeadLetterCo
             return ExitCode::FAILURE;
         }
     };
-    let result = match cmd {
+    let result = match args.command {
         DeadLetterCommand::List { json } => store
             .dead_letters()
             .await
-            .map(|letters| print_dead_letters(&letters, json)),
-        DeadLetterCommand::Replay { ids, all } => {
-            let chosen = if all { None } else { Some(ids) };
-            store
-                .replay_dead_letters(chosen, TokioClock.wall_ms())
-                .await
-                .map(|n| println!("replayed {n} dead letter(s); their events are queued again"))
-        }
+            .map(|letters| print_dead_letters(&letters, json))
+            .map_err(Failure::from),
+        DeadLetterCommand::Replay { ids, all } => replay(&store, (!all).then_some(ids)).await,
         DeadLetterCommand::Purge { older_than } => {
             let before = TokioClock.wall_ms() - older_than.as_millis() as i64;
             store
                 .purge_dead_letters(before)
                 .await
                 .map(|n| println!("purged {n} dead letter(s)"))
+                .map_err(Failure::from)
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Missing(line)) => {
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Store(e)) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why a dead-letters command did not do everything it was asked.
+enum Failure {
+    Store(StoreError),
+    /// Ids that name no dead letter (the others were replayed).
+    Missing(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// Replays the chosen dead letters (all when `None`); ids naming no dead letter are reported
+/// after the others are replayed.
+async fn replay(store: &SqliteStore, ids: Option<Vec<i64>>) -> Result<(), Failure> {
+    let (found, missing) = match ids {
+        None => (None, Vec::new()),
+        Some(ids) => {
+            let known: Vec<i64> = store.dead_letters().await?.iter().map(|d| d.id).collect();
+            let (found, missing) = ids.into_iter().partition(|id| known.contains(id));
+            (Some(found), missing)
+        }
+    };
+    let replayed = match &found {
+        Some(found) if found.is_empty() => 0,
+        _ => {
+            store
+                .replay_dead_letters(found, TokioClock.wall_ms())
+                .await?
+        }
+    };
+    println!("replayed {replayed} dead letter(s); their events are queued again");
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = missing.iter().map(i64::to_string).collect();
+    Err(Failure::Missing(format!(
+        "no dead letter with id {} (see `dead-letters list`)",
+        missing.join(", ")
+    )))
 }
 
 fn print_dead_letters(letters: &[DeadLetter], json: bool) {

@@ -1,8 +1,9 @@
 //! `healthcheck`: asks a running relay's `/healthz`, for container health checks (no curl in a
 //! distroless image).
 //!
-//! In: `--url`, else the configured `listen` address (secrets are not read). Out: exit 0 on a
-//! 2xx answer within 3 s, else 1 with the reason on stderr.
+//! In: `--url` (`127.0.0.1:8080` is read as `http://127.0.0.1:8080/healthz`: no scheme means
+//! http, no path means `/healthz`), else the configured `listen` address (secrets are not read).
+//! Out: exit 0 on a 2xx answer within 3 s, else 1 with the reason on stderr.
 //! Stays true: it never exits 2 (container runtimes reserve it), even for a bad configuration.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,7 +17,8 @@ use crate::config::{self, Settings};
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The URL to check; default: /healthz on RELAY_LISTEN (0.0.0.0 asked as 127.0.0.1).
+    /// The URL to check (host:port alone means http://host:port/healthz); default: /healthz
+    /// on RELAY_LISTEN (0.0.0.0 asked as 127.0.0.1).
     #[arg(long)]
     pub url: Option<String>,
 }
@@ -33,7 +35,13 @@ pub fn default_health_url(listen: SocketAddr) -> String {
 
 pub(super) async fn healthcheck(config_file: Option<PathBuf>, args: HealthcheckArgs) -> ExitCode {
     let url = match args.url {
-        Some(url) => url,
+        Some(given) => match health_url(&given) {
+            Ok(url) => url,
+            Err(why) => {
+                eprintln!("unhealthy: --url {given:?} {why}");
+                return ExitCode::FAILURE;
+            }
+        },
         // Secrets are not read: the check must work where the key's file is not readable.
         None => {
             match Settings::load_without_secrets(config_file.as_deref(), &config::process_env) {
@@ -57,6 +65,25 @@ pub(super) async fn healthcheck(config_file: Option<PathBuf>, args: HealthcheckA
             ExitCode::FAILURE
         }
     }
+}
+
+/// The URL to ask for `--url`: `http://` when no scheme is given, `/healthz` when no path is
+/// (a relay serves nothing at `/`).
+pub fn health_url(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    let with_scheme = if given.contains("://") {
+        given.to_owned()
+    } else {
+        format!("http://{given}")
+    };
+    let mut url = url::Url::parse(&with_scheme).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be http(s)://host:port[/path] or host:port".to_owned());
+    }
+    if url.path() == "/" {
+        url.set_path("/healthz");
+    }
+    Ok(url.to_string())
 }
 
 /// GET `url`; `Ok` on a 2xx answer within 3 s.
@@ -87,5 +114,31 @@ mod tests {
         assert_eq!(url("0.0.0.0:9000"), "http://127.0.0.1:9000/healthz");
         assert_eq!(url("10.1.2.3:80"), "http://10.1.2.3:80/healthz");
         assert_eq!(url("[::]:8080"), "http://[::1]:8080/healthz");
+    }
+
+    /// `--url` without a scheme is http, without a path is /healthz; a path given is kept.
+    #[test]
+    fn health_url_table() {
+        let cases = [
+            ("127.0.0.1:8080", Ok("http://127.0.0.1:8080/healthz")),
+            ("localhost:8080", Ok("http://localhost:8080/healthz")),
+            ("http://127.0.0.1:8080", Ok("http://127.0.0.1:8080/healthz")),
+            (
+                "http://127.0.0.1:8080/",
+                Ok("http://127.0.0.1:8080/healthz"),
+            ),
+            (
+                "https://relay.example/readyz",
+                Ok("https://relay.example/readyz"),
+            ),
+            (" [::1]:9000 ", Ok("http://[::1]:9000/healthz")),
+            ("ftp://h/", Err(())),
+            ("http://", Err(())),
+            ("", Err(())),
+        ];
+        for (given, want) in cases {
+            let got = health_url(given).map_err(|_| ());
+            assert_eq!(got.as_deref().map_err(|_| ()), want, "{given:?}");
+        }
     }
 }

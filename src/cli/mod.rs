@@ -9,6 +9,7 @@
 //!   no curl needed);
 //! - [`dead_letters`]: `dead-letters` inspects, replays and purges dead letters in the data
 //!   directory;
+//! - [`doctor`]: `doctor` checks a setup against the real API (at most 2 requests);
 //! - [`preview`]: `preview` shows how a payload would map, sending nothing;
 //! - [`status`]: `status` shows what a running relay is doing, from its store.
 //!
@@ -20,6 +21,7 @@
 
 mod check_config;
 mod dead_letters;
+mod doctor;
 mod health;
 mod preview;
 mod serve;
@@ -38,7 +40,7 @@ use crate::config::{self, ConfigError, ProsperStackSettings};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, ApiKey, Client};
 
-pub use dead_letters::DeadLetterCommand;
+pub use dead_letters::{DeadLetterCommand, DeadLettersArgs};
 pub use health::{default_health_url, HealthcheckArgs};
 pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
@@ -69,8 +71,10 @@ pub enum Command {
     /// Ask a running relay's /healthz; exit 0 when healthy, 1 otherwise.
     Healthcheck(HealthcheckArgs),
     /// Inspect, replay and purge dead letters.
-    #[command(subcommand)]
-    DeadLetters(DeadLetterCommand),
+    DeadLetters(DeadLettersArgs),
+    /// Check the configuration, the store and ProsperStack with this key (at most 2 requests);
+    /// exit 1 on any problem.
+    Doctor,
     /// Show how a Segment payload would map to ProsperStack properties, sending nothing.
     Preview(PreviewArgs),
     /// What a running relay is doing: queue states, budget, ETA, upstream, dead letters.
@@ -84,7 +88,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => serve::sandbox(args).await,
         Command::CheckConfig => check_config::check_config(cli.config.as_deref()),
         Command::Healthcheck(args) => health::healthcheck(cli.config, args).await,
-        Command::DeadLetters(cmd) => dead_letters::dead_letters(cli.config, cmd).await,
+        Command::DeadLetters(args) => dead_letters::dead_letters(cli.config, args).await,
+        Command::Doctor => doctor::doctor(cli.config).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
         Command::Status(args) => status::status(cli.config, args).await,
     }
@@ -105,6 +110,20 @@ fn sandbox_data_env(name: &str) -> Option<String> {
         }
         _ => config::process_env(name),
     }
+}
+
+/// Settings for a tool that needs no secrets (they are not read): with `sandbox`, the data
+/// directory `serve --sandbox` uses. For `dead-letters`, `status` and the like.
+fn tool_settings(
+    config_file: Option<&std::path::Path>,
+    sandbox: bool,
+) -> Result<crate::config::Settings, ConfigError> {
+    let env: config::Env<'_> = if sandbox {
+        &sandbox_data_env
+    } else {
+        &config::process_env
+    };
+    crate::config::Settings::load_without_secrets(config_file, env)
 }
 
 /// Where `serve --sandbox` keeps its queue when `RELAY_DATA_DIR` is not set.
@@ -156,6 +175,11 @@ mod tests {
             Cli::try_parse_from(["p", "dead-letters", "replay", "--id", "3", "--id", "4"]).is_ok()
         );
         assert!(Cli::try_parse_from(["p", "dead-letters", "replay"]).is_err());
+        assert!(
+            Cli::try_parse_from(["p", "dead-letters", "replay", "--id", "1", "--all"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["p", "dead-letters", "--sandbox", "list"]).is_ok());
+        assert!(Cli::try_parse_from(["p", "dead-letters", "list", "--sandbox"]).is_ok());
         assert!(Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "30d"]).is_ok());
         assert!(
             Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "soon"]).is_err()

@@ -1,10 +1,14 @@
 //! `serve` and `sandbox`: the relay, and the ProsperStack simulator, as long-running processes.
 //!
 //! In: the configuration (for `serve`) and the commands' flags. Out: a process that serves until
-//! SIGTERM or Ctrl-C, then exits 0; exit 2 for a configuration it cannot start with, 1 when it
-//! cannot listen or fails while running.
+//! SIGTERM or Ctrl-C, then exits 0; exit 2 when it cannot start with what it was given (a
+//! setting, the data directory, an address another process holds: one line naming what to
+//! change), 1 when it fails while running.
 //! Stays true: with `--sandbox`, the simulator is the upstream whatever the environment says
-//! (its own URL and key), so a demo can never reach a real ProsperStack account.
+//! (its own URL and key), so a demo can never reach a real ProsperStack account; and its queue
+//! belongs to that simulator: the default `./data/sandbox` starts afresh each run as the
+//! simulator does, while a directory named with `RELAY_DATA_DIR` is kept (and a warning says
+//! what that means for duplicates).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +19,9 @@ use clap::Args;
 
 use super::check_config::startable;
 use super::config_failure;
-use crate::config;
+use crate::app::AppError;
+use crate::config::{self, Settings};
+use crate::store::SqliteStore;
 use prosperstack_sandbox::{Sandbox, SandboxConfig, UpdateVerb, SANDBOX_API_KEY};
 
 #[derive(Debug, Args)]
@@ -55,15 +61,17 @@ pub(super) async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Exit
     };
     crate::telemetry::init(settings.log_format);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    if args.sandbox && !serve_sandbox(args.sandbox_listen, &shutdown).await {
-        return ExitCode::FAILURE;
+    if args.sandbox {
+        if let Err(line) = sandbox_queue(&settings) {
+            return refuse(&line);
+        }
+        if let Err(line) = serve_sandbox(args.sandbox_listen, &shutdown).await {
+            return refuse(&line);
+        }
     }
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,
-        Err(e) => {
-            tracing::error!(address = %settings.listen, error = %e, "cannot listen");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return config_failure(&config::cannot_listen("listen", settings.listen, &e)),
     };
     let stop = shutdown.clone();
     let result = crate::app::run(settings, listener, async move {
@@ -73,11 +81,36 @@ pub(super) async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Exit
     .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Refused before serving (a metrics address another process holds): one line, as above.
+        Err(AppError::Config(e)) => config_failure(&e),
         Err(e) => {
             tracing::error!(error = %e, "relay failed");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Cannot start with what it was given: one line on stderr, exit 2.
+fn refuse(line: &str) -> ExitCode {
+    eprintln!("{line}");
+    ExitCode::from(2)
+}
+
+/// The queue of `serve --sandbox`. The simulator starts with its demo data each run; a queue
+/// kept from an earlier run would remember that run's messageIds and answer the README's demo
+/// event as a duplicate, never delivered to the new simulator. So the default directory starts
+/// afresh; a directory the operator named is theirs, kept, with a warning saying so.
+fn sandbox_queue(settings: &Settings) -> Result<(), String> {
+    let dir = &settings.data_dir;
+    if config::process_env("RELAY_DATA_DIR").is_some() {
+        tracing::warn!(data_dir = %dir.display(), "serve --sandbox keeps the queue in RELAY_DATA_DIR, but the sandbox starts afresh: events whose messageId an earlier run stored are answered as duplicates and not delivered again (unset RELAY_DATA_DIR for a fresh ./data/sandbox each run)");
+        return Ok(());
+    }
+    SqliteStore::discard(dir).map_err(|e| {
+        format!("cannot start the sandbox's queue afresh: {e}; stop the relay using it, or set RELAY_DATA_DIR to another directory")
+    })?;
+    tracing::info!(data_dir = %dir.display(), "the sandbox's queue starts afresh, as the simulated ProsperStack does");
+    Ok(())
 }
 
 /// The process environment, except that with `--sandbox` (its URL given) the simulator is the
@@ -94,18 +127,25 @@ fn sandbox_env(sandbox_url: Option<&str>, name: &str) -> Option<String> {
     }
 }
 
-/// Starts the built-in simulator for `serve --sandbox`; answers whether it listens.
-async fn serve_sandbox(addr: SocketAddr, stop: &tokio_util::sync::CancellationToken) -> bool {
-    match start_sandbox(addr, SandboxConfig::default(), stop.clone()).await {
-        Ok(addr) => {
-            tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, state = %format!("http://{addr}/_sandbox/state"), "ProsperStack sandbox listening");
-            true
-        }
-        Err(e) => {
-            tracing::error!(address = %addr, error = %e, "cannot start the sandbox");
-            false
-        }
-    }
+/// Starts the built-in simulator for `serve --sandbox`; else the line saying what to change.
+async fn serve_sandbox(
+    addr: SocketAddr,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let local = start_sandbox(addr, SandboxConfig::default(), stop.clone())
+        .await
+        .map_err(|e| cannot_listen(addr, &e, "--sandbox-listen"))?;
+    tracing::info!(address = %local, api_key = SANDBOX_API_KEY, state = %format!("http://{local}/_sandbox/state"), "ProsperStack sandbox listening");
+    Ok(())
+}
+
+/// The line for a sandbox address that cannot be bound, naming the flag that changes it.
+fn cannot_listen(addr: SocketAddr, e: &std::io::Error, flag: &str) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another process is listening there".to_owned(),
+        _ => e.to_string(),
+    };
+    format!("cannot listen on {addr} for the ProsperStack sandbox: {why}; choose another address with {flag}")
 }
 
 async fn start_sandbox(
@@ -145,8 +185,11 @@ pub(super) async fn sandbox(args: SandboxArgs) -> ExitCode {
             tracing::info!(address = %addr, api_key = SANDBOX_API_KEY, "ProsperStack sandbox listening")
         }
         Err(e) => {
-            eprintln!("cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
+            return refuse(&cannot_listen(
+                args.listen,
+                &e,
+                "--listen (or SANDBOX_LISTEN)",
+            ))
         }
     }
     termination_signal().await;

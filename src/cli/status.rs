@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{config_failure, sandbox_data_env};
+use super::{config_failure, tool_settings};
 use crate::clock::{Clock, TokioClock};
-use crate::config::{self, Settings};
 use crate::status::{queue_view, QueueView, StateView, Status};
 use crate::store::{QueueStats, SqliteStore, Store};
 
@@ -46,12 +45,7 @@ struct Reading {
 }
 
 pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> ExitCode {
-    let env = if args.sandbox {
-        sandbox_data_env
-    } else {
-        config::process_env
-    };
-    let settings = match Settings::load_without_secrets(config_file.as_deref(), &env) {
+    let settings = match tool_settings(config_file.as_deref(), args.sandbox) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };

@@ -1,11 +1,12 @@
 //! Start-up checks that need the machine, not just the settings: can this process write its
-//! data directory?
+//! data directory, and listen where it is told to?
 //!
-//! In: the data directory. Out: `Ok`, or a one-line [`ConfigError`] naming the setting, the path
-//! and the user that needs write access.
+//! In: the data directory; a listener's address and why binding it failed. Out: `Ok`, or a
+//! one-line [`ConfigError`] naming the setting, the path or address, and what to change.
 //! Stays true: a missing directory is created (as `serve` would); nothing else is left behind
 //! (the probe file is removed).
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::ConfigError;
@@ -16,7 +17,8 @@ pub(super) fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
         ConfigError::at(
             "data_dir",
             format!(
-                "cannot {what} {} ({e}); {} needs write access to it",
+                "cannot {what} {} ({e}); {} needs write access to it, or set RELAY_DATA_DIR \
+                 (or data_dir) to a directory it can write",
                 dir.display(),
                 process_user()
             ),
@@ -31,6 +33,23 @@ pub(super) fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
         .open(&probe)
         .map_err(|e| refuse("write in", e))?;
     std::fs::remove_file(&probe).map_err(|e| refuse("remove a file from", e))
+}
+
+/// A listener the setting at file key `key` asks for could not be bound: the line names the
+/// address and the setting that changes it.
+pub fn cannot_listen(key: &str, addr: SocketAddr, e: &std::io::Error) -> ConfigError {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another process is listening there".to_owned(),
+        _ => e.to_string(),
+    };
+    let change = super::table::find(key).map_or_else(
+        || key.to_owned(),
+        |s| format!("{} (or {key} in the configuration file)", s.env),
+    );
+    ConfigError::at(
+        key,
+        format!("cannot listen on {addr}: {why}; set {change} to a free address"),
+    )
 }
 
 /// Who this process is, as an operator would `chown` for: the effective uid, with its name when

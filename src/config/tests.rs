@@ -526,6 +526,41 @@ fn uncreatable_data_dir_is_refused() {
     assert!(!e.contains('\n'), "{e}");
 }
 
+/// A refused data directory says what to change: the access, or the setting.
+#[test]
+fn refused_data_dir_says_what_to_change() {
+    let file = toml_file("");
+    let s = Settings {
+        data_dir: file.path().join("data"),
+        ..Settings::default()
+    };
+    let e = s.check_can_start().unwrap_err().to_string();
+    assert!(
+        e.contains("or set RELAY_DATA_DIR (or data_dir) to a directory it can write"),
+        "{e}"
+    );
+}
+
+/// An address that cannot be bound names the setting, the address and how to change it.
+#[test]
+fn cannot_listen_names_the_setting() {
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+    let e = cannot_listen("listen", addr, &in_use).to_string();
+    assert_eq!(
+        e,
+        "configuration error: listen (RELAY_LISTEN): cannot listen on 127.0.0.1:8080: another \
+         process is listening there; set RELAY_LISTEN (or listen in the configuration file) to a \
+         free address"
+    );
+    let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    let e = cannot_listen("metrics_listen", addr, &denied).to_string();
+    assert!(
+        e.contains("metrics_listen (RELAY_METRICS_LISTEN)") && e.contains("permission"),
+        "{e}"
+    );
+}
+
 /// A read-only data directory is refused naming the path and the user who needs write access.
 #[cfg(unix)]
 #[test]

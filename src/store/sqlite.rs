@@ -21,8 +21,8 @@ use super::{
 };
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
-mod read;
 mod schema;
+mod tools;
 
 /// How many waiting requests one transaction takes at most.
 const MAX_GROUP: usize = 256;

@@ -11,19 +11,25 @@
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`cli_edges`]: replay's usage and unknown ids, `--sandbox` for tools, health URLs, taken ports.
+//! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
+//! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
+mod cli_edges;
 mod coalesce;
 mod common;
 mod crash;
+mod doctor;
 mod efficiency;
 mod emails;
 mod latest_wins;
 mod operations;
 mod operators;
 mod preview;
+mod quick_start;
 mod relay;
 mod reliability;
 mod update_verb;
