@@ -167,8 +167,10 @@ impl Delivery {
             return Ok(None);
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
+        let lease =
+            crate::store::sole_deliverer_lease(self.store.as_ref(), self.clock.wall_ms()).await?;
         self.store
-            .finish(vec![result], self.clock.wall_ms())
+            .finish(&lease, vec![result], self.clock.wall_ms())
             .await?;
         Ok(trouble)
     }

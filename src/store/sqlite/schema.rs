@@ -21,11 +21,18 @@ use crate::store::StoreError;
 const LOCATION_SETTING: &str = "RELAY_DATA_DIR";
 
 /// Every step, in order. A released step is never edited: a change is a new step.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "queue, dedupe ids, remembered emails, applied values, dead letters",
-    sql: V1,
-}];
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "queue, dedupe ids, remembered emails, applied values, dead letters",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "delivery lease and the budget handed over with it",
+        sql: V2,
+    },
+];
 
 /// The schema as it was before versions were recorded. Stores written then are at version 0
 /// with these tables already in place, so this step creates only what is missing and a store
@@ -81,6 +88,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     events TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+";
+
+/// The delivery lease: one row, created by the first holder. A released lease expires at
+/// `i64::MIN`. The budget columns are kept across holders (they are the handover).
+const V2: &str = "
+CREATE TABLE lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    budget_remaining INTEGER,
+    budget_reset_ms INTEGER
+);
 ";
 
 /// The version recorded in the store (0 for a new file or one written before versions).
