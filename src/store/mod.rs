@@ -55,6 +55,7 @@
 mod codec;
 mod lease;
 mod migrate;
+mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ use serde_json::{Map, Value};
 use crate::identify::{Engage, Event};
 
 pub use lease::{sole_deliverer_lease, BudgetSnapshot, Lease};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Tunables shared by every store.
@@ -222,6 +224,36 @@ pub enum StoreError {
     /// lease again.
     #[error("the delivery lease has moved on: nothing was written")]
     LeaseLost,
+    /// The database server cannot be reached, or the connection broke (refused, timed out,
+    /// closed, shutting down): retry later. Ingest answers 503 and `/readyz` is not ready.
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
+    /// PostgreSQL refused a statement: the server's message and SQLSTATE (`None` for a failure
+    /// on the client's side), never credentials nor the values of a row (they can be emails).
+    #[error("PostgreSQL: {message}{}", sqlstate(.code))]
+    Postgres {
+        code: Option<String>,
+        message: String,
+    },
+    /// The database URL cannot be used; `reason` never quotes the URL (it holds the password).
+    #[error("{setting} is not usable: {reason}")]
+    DatabaseUrl {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+fn sqlstate(code: &Option<String>) -> String {
+    code.as_ref()
+        .map(|c| format!(" (SQLSTATE {c})"))
+        .unwrap_or_default()
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all (as opposed to refusing something).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_))
+    }
 }
 
 /// The durable queue: SQLite on one machine, PostgreSQL shared by several replicas. The
