@@ -1,8 +1,9 @@
 //! App: wires the stages together and runs them until shutdown.
 //!
 //! In: [`Settings`], a bound listener and a shutdown future (SIGTERM in `main`, a trigger in
-//! tests). Out: the HTTP service (ingest, health, metrics), the delivery worker and the
-//! maintenance task, until shutdown; then the drain:
+//! tests). Out: the HTTP service (ingest, health; metrics and status on their own listener or
+//! the main one), the delivery worker and the housekeeping tasks (gauges and saved status,
+//! pruning, progress lines), until shutdown; then the drain:
 //! 1. `/readyz` answers 503 and new events are refused with 503 (Segment retries them);
 //! 2. delivery finishes its current job, or is stopped at the drain deadline — its events are
 //!    still queued, so nothing is lost;
@@ -20,19 +21,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
 use crate::clock::{millis, SharedClock, TokioClock};
-use crate::config::Settings;
-use crate::delivery::{Delivery, DeliverySettings};
+use crate::config::{ConfigError, ProsperStackSettings, Settings};
+use crate::delivery::Delivery;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
 use crate::mapping::{CatalogueCache, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
-use crate::retry::Backoff;
+use crate::status::{self, Activity};
 use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
 
-/// How often queue gauges are refreshed and old dedupe ids pruned.
+/// How often queue gauges and the saved status are refreshed, and old dedupe ids pruned.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// A saved status not refreshed for this long belongs to a process that is gone.
+const STATUS_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest an HTTP request may take before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,14 +48,85 @@ pub enum AppError {
     Client(#[from] ApiError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Opens the store for `settings` (taking the data directory's lock).
 pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     let options = StoreOptions {
-        coalesce_ms: settings.coalesce_delay.as_millis() as i64,
+        coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
     };
     Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
+}
+
+/// The ProsperStack client, behind the one budget every upstream request passes.
+fn upstream_client(
+    upstream: &ProsperStackSettings,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> Result<Client, AppError> {
+    let budget = Arc::new(Budget::new(
+        upstream.rate_limit_requests,
+        upstream.rate_limit_window,
+        clock,
+    ));
+    Ok(Client::new(
+        upstream.api_url.clone(),
+        upstream.require_api_key()?.clone(),
+        budget,
+        metrics,
+        upstream.request_timeout,
+    )?
+    .with_update_method(upstream.update_method))
+}
+
+/// Everything the running relay shares between its tasks and routes.
+struct Parts {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    client: Client,
+    activity: Arc<Activity>,
+    wake: Arc<Notify>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Parts {
+    /// Everything that can fail at start-up, before any task is spawned.
+    fn build(settings: &Settings) -> Result<Parts, AppError> {
+        let store = open_store(settings)?;
+        let metrics = Arc::new(Metrics::new());
+        // Tokio's clock: real time in production, the paused clock in tests that pause it.
+        let clock = TokioClock::shared();
+        let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
+        Ok(Parts {
+            store,
+            metrics,
+            clock,
+            client,
+            activity: Arc::new(Activity::default()),
+            wake: Arc::new(Notify::new()),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn status_sources(&self) -> status::Sources {
+        status::Sources {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            activity: self.activity.clone(),
+            clock: self.clock.clone(),
+            started_ms: self.clock.wall_ms(),
+            replica: status::replica_name(),
+        }
+    }
+}
+
+/// The background tasks: delivery, and the housekeeping that stops with it.
+struct Workers {
+    delivery: tokio::task::JoinHandle<()>,
+    housekeeping: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the relay until `shutdown` completes, then drains and returns.
@@ -61,76 +135,39 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    // Everything that can fail at start-up happens before any task is spawned.
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
-    let store = open_store(&settings)?;
-    let metrics = Arc::new(Metrics::new());
-    // Tokio's clock: real time in production, the paused clock in tests that pause it.
-    let clock = TokioClock::shared();
-    let budget = Arc::new(Budget::new(
-        settings.rate_limit_requests,
-        settings.rate_limit_window,
-        clock.clone(),
-    ));
-    let client = Client::new(
-        settings.api_url.clone(),
-        settings.api_key.clone(),
-        budget,
-        metrics.clone(),
-        settings.request_timeout,
-    )?;
-    let wake = Arc::new(Notify::new());
-    let draining = Arc::new(AtomicBool::new(false));
-    let delivery = Arc::new(delivery_for(
-        &settings,
-        store.clone(),
-        client,
-        metrics.clone(),
-        wake.clone(),
-        clock.clone(),
-    ));
-
+    let parts = Parts::build(&settings)?;
+    let status = parts.status_sources();
     let stop_workers = CancellationToken::new();
-    let delivery_task = tokio::spawn(delivery.run(stop_workers.clone()));
-    let maintenance_task = tokio::spawn(maintenance(
-        store.clone(),
-        metrics.clone(),
-        settings.dedupe_retention,
-        clock.clone(),
-        stop_workers.clone(),
-    ));
+    let workers = spawn_workers(&settings, &parts, &status, &stop_workers);
 
-    let router = relay_router(
-        &settings,
-        store.clone(),
-        metrics.clone(),
-        wake,
-        draining.clone(),
-        clock,
-        metrics_listener.is_none(),
-    );
+    let address = listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let mut servers = Vec::new();
+    let main_router = relay_router(&settings, &parts);
     if let Some(metrics_listener) = metrics_listener {
-        tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
-        let router = health::metrics_router(metrics.clone());
+        tracing::info!(address = %metrics_listener.local_addr()?, "metrics and status listening");
+        let router = health::metrics_router(parts.metrics.clone(), status);
         servers.push(spawn_server(metrics_listener, router, &stop_http));
+        servers.push(spawn_server(listener, main_router, &stop_http));
+    } else {
+        let router = main_router.merge(health::metrics_router(parts.metrics.clone(), status));
+        servers.push(spawn_server(listener, router, &stop_http));
     }
-    tracing::info!(address = %listener.local_addr()?, upstream = %crate::config::display_url(&settings.api_url), "relay listening");
-    servers.push(spawn_server(listener, router, &stop_http));
+    tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), "relay listening");
 
     shutdown.await;
+    let deadline = settings.delivery.drain_deadline;
     tracing::info!(
-        deadline_secs = settings.drain_deadline.as_secs_f64(),
+        deadline_secs = deadline.as_secs_f64(),
         "shutting down: draining"
     );
-    draining.store(true, Ordering::SeqCst);
+    parts.draining.store(true, Ordering::SeqCst);
     stop_workers.cancel();
-    drain(delivery_task, settings.drain_deadline).await;
-    maintenance_task.abort();
+    drain(workers, deadline).await;
     stop_http.cancel();
     for server in servers {
         match server.await {
@@ -142,38 +179,52 @@ pub async fn run(
     Ok(())
 }
 
-/// The relay's HTTP interface: ingest, health, and `/metrics` unless it has a listener of its own.
-fn relay_router(
+fn spawn_workers(
     settings: &Settings,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
-    draining: Arc<AtomicBool>,
-    clock: SharedClock,
-    with_metrics: bool,
-) -> Router {
+    parts: &Parts,
+    status: &status::Sources,
+    stop: &CancellationToken,
+) -> Workers {
+    let delivery = Arc::new(delivery_for(settings, parts));
+    let maintenance = Maintenance {
+        store: parts.store.clone(),
+        metrics: parts.metrics.clone(),
+        status: status.clone(),
+        retention: settings.delivery.dedupe_retention,
+    };
+    let progress = status::progress(
+        status.clone(),
+        settings.delivery.progress_interval,
+        stop.clone(),
+    );
+    Workers {
+        delivery: tokio::spawn(delivery.run(stop.clone())),
+        housekeeping: vec![
+            tokio::spawn(maintenance.run(stop.clone())),
+            tokio::spawn(progress),
+        ],
+    }
+}
+
+/// The relay's HTTP interface: ingest and health (metrics and status are merged in by [`run`]).
+fn relay_router(settings: &Settings, parts: &Parts) -> Router {
     let ingest_state = IngestState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        shared_secret: settings.shared_secret.clone(),
-        ingest_token: settings.ingest_token.clone(),
-        max_body_bytes: settings.max_body_bytes,
-        wake,
-        draining: draining.clone(),
-        clock: clock.clone(),
+        store: parts.store.clone(),
+        metrics: parts.metrics.clone(),
+        settings: Arc::new(settings.segment.clone()),
+        wake: parts.wake.clone(),
+        draining: parts.draining.clone(),
+        clock: parts.clock.clone(),
     };
     let health_state = HealthState {
-        store,
-        draining,
-        clock,
+        store: parts.store.clone(),
+        draining: parts.draining.clone(),
+        clock: parts.clock.clone(),
     };
-    let mut router = ingest::router(ingest_state).merge(health::router(health_state));
-    if with_metrics {
-        router = router.merge(health::metrics_router(metrics));
-    }
     // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
     // anyway, and it retries a 408 too.
-    router
+    ingest::router(ingest_state)
+        .merge(health::router(health_state))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -196,90 +247,103 @@ fn spawn_server(
 
 /// Waits for delivery to stop by itself; at the deadline, stops it where it is. Its current
 /// job was not recorded as done, so its events are still queued for the next start.
-async fn drain(delivery: tokio::task::JoinHandle<()>, deadline: Duration) {
-    let abort = delivery.abort_handle();
-    if tokio::time::timeout(deadline, delivery).await.is_err() {
+async fn drain(workers: Workers, deadline: Duration) {
+    let abort = workers.delivery.abort_handle();
+    if tokio::time::timeout(deadline, workers.delivery)
+        .await
+        .is_err()
+    {
         abort.abort();
         tracing::warn!("drain deadline passed; in-flight delivery left queued for the next start");
     }
+    for task in workers.housekeeping {
+        task.abort();
+    }
 }
 
-/// Builds the delivery worker from settings.
-pub fn delivery_for(
-    settings: &Settings,
-    store: Arc<dyn Store>,
-    client: Client,
-    metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
-    clock: SharedClock,
-) -> Delivery {
+/// Builds the delivery worker: its sections are handed over whole.
+fn delivery_for(settings: &Settings, parts: &Parts) -> Delivery {
+    let delivery = &settings.delivery;
+    let mapping = &settings.mapping;
+    let clock = parts.clock.clone();
     Delivery {
-        store,
-        client,
+        store: parts.store.clone(),
+        client: parts.client.clone(),
         resolver: Resolver::new(
-            settings.subscriber_cache_ttl,
-            settings.negative_cache_ttl,
-            metrics.clone(),
+            delivery.subscriber_cache_ttl,
+            delivery.negative_cache_ttl,
+            parts.metrics.clone(),
             clock.clone(),
         ),
-        catalogue: CatalogueCache::new(settings.catalogue_refresh, clock.clone()),
-        rules: Rules {
-            trait_mappings: settings.trait_mappings.clone(),
-            snake_case_match: settings.snake_case_match,
-        },
-        metrics,
-        settings: DeliverySettings {
-            subscriber_wait: settings.subscriber_wait,
-            waiting_retry_min: settings.waiting_retry_min,
-            waiting_retry_max: settings.waiting_retry_max,
-            retry_window: settings.retry_window,
-            create_audience_properties: settings.create_audience_properties,
-            backoff: Backoff {
-                base: settings.retry_backoff_min,
-                cap: settings.retry_backoff_max,
-            },
-        },
-        wake,
+        catalogue: CatalogueCache::new(
+            mapping.catalogue_refresh,
+            settings.trait_mappings.clone(),
+            clock.clone(),
+        ),
+        rules: Rules::new(mapping, &settings.trait_mappings),
+        metrics: parts.metrics.clone(),
+        settings: delivery.clone(),
+        mapping: mapping.clone(),
+        wake: parts.wake.clone(),
+        activity: parts.activity.clone(),
         clock,
     }
 }
 
-/// Keeps queue gauges fresh and forgets dedupe ids past the retention window.
-async fn maintenance(
+/// Keeps queue gauges and the saved status fresh, and forgets dedupe ids past retention.
+struct Maintenance {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    status: status::Sources,
     retention: Duration,
-    clock: SharedClock,
-    stop: CancellationToken,
-) {
-    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
-    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = gauges.tick() => refresh_gauges(store.as_ref(), &metrics, clock.wall_ms()).await,
-            _ = prune.tick() => {
-                let before = clock.wall_ms() - millis(retention);
-                match store.prune(before).await {
-                    Ok(n) if n > 0 => tracing::info!(forgotten = n, "pruned dedupe ids and applied timestamps past retention"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
-                }
+}
+
+impl Maintenance {
+    async fn run(self, stop: CancellationToken) {
+        let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = gauges.tick() => self.refresh().await,
+                _ = prune.tick() => self.prune().await,
             }
         }
     }
-}
 
-pub async fn refresh_gauges(store: &dyn Store, metrics: &Metrics, now_ms: i64) {
-    match store.stats().await {
-        Ok(stats) => {
-            let age = stats
-                .oldest_received_ms
-                .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            metrics.set_queue(stats.events, stats.subscribers, age);
-            metrics.set_dead_letters(stats.dead_letters);
+    /// One reading of the store feeds the gauges and the status that `status` reads.
+    async fn refresh(&self) {
+        let clock = &self.status.clock;
+        let stats = match self.store.stats().await {
+            Ok(stats) => stats,
+            Err(e) => return tracing::warn!(error = %e, "cannot read queue figures"),
+        };
+        let now = clock.wall_ms();
+        self.metrics.set_queue(&stats, now);
+        let document = self.status.status_from(&stats);
+        let Ok(body) = serde_json::to_string(&document) else {
+            return;
+        };
+        let replica = self.status.replica.clone();
+        let forget_before = now - millis(STATUS_FORGET_AFTER);
+        if let Err(e) = self
+            .store
+            .save_status(replica, body, now, forget_before)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot save the status");
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read queue figures"),
+    }
+
+    async fn prune(&self) {
+        let before = self.status.clock.wall_ms() - millis(self.retention);
+        match self.store.prune(before).await {
+            Ok(n) if n > 0 => tracing::info!(
+                forgotten = n,
+                "pruned dedupe ids and applied timestamps past retention"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - Pauses only ever extend (the later of the current and the new end wins).
 //! - Time comes from the relay's [`Clock`], so tests run in simulated time instead of sleeping.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -78,6 +79,9 @@ pub fn quota_for(requests: u32, window: Duration) -> (u32, Duration) {
 struct ServerView {
     paused_until: Option<Instant>,
     last_remaining: Option<u32>,
+    /// When each request of the last window was admitted (at most `requests` of them), so
+    /// status can say how much of the window is spent.
+    admitted: VecDeque<Instant>,
 }
 
 /// One limiter per API key shared by every upstream request; share it as `Arc<Budget>`.
@@ -115,7 +119,10 @@ impl Budget {
                 continue;
             }
             match self.limiter.check() {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.record_admitted();
+                    return;
+                }
                 Err(not_until) => {
                     let deadline = not_until.earliest_possible();
                     self.clock.sleep_until(deadline).await;
@@ -149,6 +156,27 @@ impl Budget {
         self.view().last_remaining
     }
 
+    /// Requests admitted in the last `window` (the sliding window the limiter keeps to).
+    pub fn used_in_window(&self) -> u32 {
+        let now = self.clock.now();
+        let mut view = self.view();
+        forget_older(&mut view.admitted, now, self.window);
+        u32::try_from(view.admitted.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The rate the limiter sustains, in requests a second (what a backlog drains at).
+    pub fn sustained_per_sec(&self) -> f64 {
+        let (_, period) = quota_for(self.requests, self.window);
+        1.0 / period.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    fn record_admitted(&self) {
+        let now = self.clock.now();
+        let mut view = self.view();
+        forget_older(&mut view.admitted, now, self.window);
+        view.admitted.push_back(now);
+    }
+
     /// The clock this budget waits on (the client reads the time of day from it too).
     pub fn clock(&self) -> &SharedClock {
         &self.clock
@@ -178,6 +206,16 @@ impl Budget {
     fn view(&self) -> std::sync::MutexGuard<'_, ServerView> {
         // The guarded data is two plain values, valid even if a holder panicked.
         self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Drops the admissions that fell out of the window ending at `now`.
+fn forget_older(admitted: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while admitted
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+    {
+        admitted.pop_front();
     }
 }
 
@@ -345,6 +383,21 @@ mod tests {
         let start = clock.now();
         budget.acquire().await;
         assert!(clock.now().duration_since(start) <= MAX_PAUSE);
+    }
+
+    /// Status's figures: admissions in the sliding window, and the sustained rate (98 a minute
+    /// at 100 a minute).
+    #[tokio::test]
+    async fn used_in_window_slides() {
+        let (clock, budget) = simulated(100, Duration::from_secs(60));
+        for _ in 0..5 {
+            budget.acquire().await;
+        }
+        assert_eq!(budget.used_in_window(), 5);
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(budget.used_in_window(), 0);
+        let per_minute = budget.sustained_per_sec() * 60.0;
+        assert!((per_minute - 98.0).abs() < 0.01, "{per_minute}");
     }
 
     /// One request per window: the second waits more than a full window.

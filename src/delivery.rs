@@ -15,37 +15,125 @@
 //!   becomes a dead letter; other failures retry (5xx, timeouts: backoff; 429: the window)
 //!   until `retry_window`, except refusals, which are dead letters at once;
 //! - on shutdown the current job finishes or is left queued: nothing is lost either way.
+//!
+//! Configured by [`DeliverySettings`], the `[delivery]` section, used as the configuration
+//! deserialises it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, millis, SharedClock};
-use crate::mapping::{self, Catalogue, CatalogueCache, Plan, Rules};
+use crate::config::ConfigError;
+use crate::mapping::{self, Catalogue, CatalogueCache, MappingSettings, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
 use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
-use crate::store::{Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError};
+use crate::status::Activity;
+use crate::store::{
+    DeadLetterCause, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError,
+};
 
-/// Longest pause of the whole worker after a failed round.
+/// Longest pause of the whole worker after a failed round, and its pause while the key is
+/// refused.
 const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Jobs read from the store at a time.
 const BATCH: usize = 200;
 
-/// Delivery's tunables, from configuration.
-#[derive(Clone, Debug)]
+/// The `[delivery]` section: how long things wait, and how retries back off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
+    /// How long an update waits for a subscriber that does not exist yet.
+    #[serde(with = "humantime_serde")]
     pub subscriber_wait: Duration,
+    #[serde(with = "humantime_serde")]
     pub waiting_retry_min: Duration,
+    #[serde(with = "humantime_serde")]
     pub waiting_retry_max: Duration,
+    /// How long failures (5xx, timeouts, 429) are retried before a dead letter.
+    #[serde(with = "humantime_serde")]
     pub retry_window: Duration,
-    pub create_audience_properties: bool,
-    pub backoff: Backoff,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// How long messageIds are remembered for dedupe.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_retention: Duration,
+    /// On shutdown, time allowed to finish in-flight delivery.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+    /// A new subscriber's first event waits this long to gather its neighbours.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub subscriber_cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// While a backlog exists, a progress line (what is left, the rate, the ETA) this often.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        DeliverySettings {
+            subscriber_wait: 24 * HOUR,
+            waiting_retry_min: MINUTE,
+            waiting_retry_max: HOUR,
+            retry_window: 24 * HOUR,
+            retry_backoff_min: Duration::from_secs(1),
+            retry_backoff_max: 10 * MINUTE,
+            dedupe_retention: 7 * 24 * HOUR,
+            drain_deadline: Duration::from_secs(20),
+            coalesce_delay: Duration::from_millis(500),
+            subscriber_cache_ttl: HOUR,
+            negative_cache_ttl: MINUTE,
+            progress_interval: MINUTE,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The schedules must be able to run: a zero backoff would retry in a tight loop.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.progress_interval.is_zero() {
+            return Err(ConfigError::at(
+                "delivery.progress_interval",
+                "must be more than 0",
+            ));
+        }
+        if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
+            return Err(ConfigError::at(
+                "delivery.retry_backoff_min",
+                "must be more than 0 and not more than delivery.retry_backoff_max",
+            ));
+        }
+        if self.waiting_retry_min > self.waiting_retry_max {
+            return Err(ConfigError::at(
+                "delivery.waiting_retry_min",
+                "must not be more than delivery.waiting_retry_max",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backoff between retries of failed updates.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.retry_backoff_min,
+            cap: self.retry_backoff_max,
+        }
+    }
 }
 
 /// The delivery worker and everything it talks to.
@@ -57,10 +145,14 @@ pub struct Delivery {
     pub rules: Rules,
     pub metrics: Arc<Metrics>,
     pub settings: DeliverySettings,
+    /// Read for `create_audience_properties`.
+    pub mapping: MappingSettings,
     /// Ingest pokes this after storing, so new work does not wait for a timer.
     pub wake: Arc<Notify>,
     /// What "now" is for due times, expiry and every wait.
     pub clock: SharedClock,
+    /// What was delivered and left out, for status and progress.
+    pub activity: Arc<Activity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,14 +176,7 @@ impl Delivery {
                 }
                 Ok(_) => failures = 0,
                 Err(e) => {
-                    tracing::warn!(error = %e, "delivery round failed; retrying");
-                    // Probing a ProsperStack that is down costs a request: back off, but keep
-                    // probing at least every minute so recovery is noticed soon.
-                    let policy = Backoff {
-                        base: self.settings.backoff.base,
-                        cap: self.settings.backoff.cap.min(WORKER_BACKOFF_CAP),
-                    };
-                    let delay = retry::backoff(&policy, failures, rand::random());
+                    let delay = self.pause_after(&e, failures);
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
@@ -100,6 +185,23 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// How long the whole worker waits after a failed round. Probing a ProsperStack that is
+    /// down costs a request: back off, but probe at least every minute so recovery is noticed
+    /// soon. A refused key fails every request the same way until an operator fixes it, so
+    /// the worker just probes once a minute instead of spending the budget on 401s.
+    fn pause_after(&self, error: &DeliveryError, failures: u32) -> Duration {
+        if self.client.observed().key_refused() {
+            tracing::debug!(error = %error, "key refused; delivery paused");
+            return WORKER_BACKOFF_CAP;
+        }
+        tracing::warn!(error = %error, "delivery round failed; retrying");
+        let policy = Backoff {
+            base: self.settings.retry_backoff_min,
+            cap: self.settings.retry_backoff_max.min(WORKER_BACKOFF_CAP),
+        };
+        retry::backoff(&policy, failures, rand::random())
     }
 
     /// Sleeps until the next job is due, ingest wakes us, or shutdown.
@@ -167,11 +269,13 @@ impl Delivery {
             return Ok(None);
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
-        let lease =
-            crate::store::sole_deliverer_lease(self.store.as_ref(), self.clock.wall_ms()).await?;
-        self.store
-            .finish(&lease, vec![result], self.clock.wall_ms())
-            .await?;
+        let now = self.clock.wall_ms();
+        let lease = crate::store::sole_deliverer_lease(self.store.as_ref(), now).await?;
+        let ids = self.store.finish(&lease, vec![result.clone()], now).await?;
+        self.report_dead_letters(&result, &ids);
+        if matches!(result.outcome, JobOutcome::Delivered { .. }) {
+            self.activity.delivered(now);
+        }
         Ok(trouble)
     }
 
@@ -206,7 +310,7 @@ impl Delivery {
 
     async fn attempt(&self, job: &Job, catalogue: &Arc<Catalogue>) -> Result<JobOutcome, Failure> {
         let mut plan = mapping::plan(job, catalogue, &self.rules);
-        if self.settings.create_audience_properties && !plan.missing_audiences.is_empty() {
+        if self.mapping.create_audience_properties && !plan.missing_audiences.is_empty() {
             let fresh = self
                 .create_audience_properties(&plan.missing_audiences)
                 .await?;
@@ -216,7 +320,11 @@ impl Delivery {
         if plan.properties.is_empty() {
             return Ok(delivered(&plan, Vec::new(), job.attempts + 1));
         }
-        let known = match self.resolver.resolve(&self.client, &job.email).await? {
+        let known = match self
+            .resolver
+            .resolve(&self.client, &job.email, &job.spellings)
+            .await?
+        {
             Resolution::Found(known) => known,
             Resolution::Missing => return Err(Failure::NoSubscriber),
         };
@@ -324,6 +432,7 @@ impl Delivery {
     fn count_left_out(&self, plan: &Plan) {
         for name in plan.unmatched.iter().chain(&plan.missing_audiences) {
             self.metrics.trait_unmatched();
+            self.activity.unmatched(name);
             tracing::debug!(r#trait = %name, "trait matches no ProsperStack property; not sent");
         }
         for (key, reason) in &plan.dropped {
@@ -334,13 +443,27 @@ impl Delivery {
         }
     }
 
+    /// Counts and logs, once each, the dead letters a recorded result created (`ids` in the
+    /// store's order: refused properties first, then a whole update).
+    fn report_dead_letters(&self, result: &JobResult, ids: &[i64]) {
+        let subscriber = crate::telemetry::email_tag(&result.email);
+        let letters = dead_letters_of(&result.outcome);
+        for ((cause, property, reason), id) in letters.into_iter().zip(ids) {
+            self.metrics.dead_lettered(cause.as_str());
+            let reason = crate::telemetry::redact_emails(reason);
+            let property = property.unwrap_or("(whole update)");
+            tracing::warn!(dead_letter = id, cause = cause.as_str(), %subscriber, property, %reason, "became a dead letter; `prosperstack-relay dead-letters replay --id {id}` once the cause is fixed");
+        }
+    }
+
     fn after_failure(&self, job: &Job, attempts: u32, error: &ApiError) -> JobOutcome {
         let now = self.clock.wall_ms();
         let expired = now - job.first_queued_ms > millis(self.settings.retry_window);
-        match retry::decide(error, attempts, &self.settings.backoff, rand::random()) {
+        match retry::decide(error, attempts, &self.settings.backoff(), rand::random()) {
             Decision::GiveUp => JobOutcome::DeadLetter {
                 reason: error.to_string(),
                 attempts,
+                cause: DeadLetterCause::Rejected,
             },
             Decision::RetryAfter(_) | Decision::WaitForWindow(_) if expired => {
                 JobOutcome::DeadLetter {
@@ -349,6 +472,7 @@ impl Delivery {
                         humantime::format_duration(self.settings.retry_window)
                     ),
                     attempts,
+                    cause: DeadLetterCause::RetriesExhausted,
                 }
             }
             Decision::RetryAfter(delay) | Decision::WaitForWindow(delay) => {
@@ -374,6 +498,7 @@ impl Delivery {
                     humantime::format_duration(self.settings.subscriber_wait)
                 ),
                 attempts,
+                cause: DeadLetterCause::NoSubscriber,
             };
         }
         let delay = retry::waiting_subscriber_delay(
@@ -382,7 +507,14 @@ impl Delivery {
             self.settings.waiting_retry_max,
         );
         let subscriber = crate::telemetry::email_tag(&job.email);
-        tracing::debug!(%subscriber, delay_ms = delay.as_millis() as u64, "no subscriber yet; waiting");
+        let delay_ms = delay.as_millis() as u64;
+        if job.waiting_since_ms.is_none() {
+            // Said once per wait at info: an update that waits hours must not wait in silence.
+            let wait = humantime::format_duration(self.settings.subscriber_wait).to_string();
+            tracing::info!(%subscriber, delay_ms, %wait, "no ProsperStack subscriber with this email yet; waiting for one (it may not be imported yet)");
+        } else {
+            tracing::debug!(%subscriber, delay_ms, attempts, "still no subscriber; waiting");
+        }
         JobOutcome::RetryAt {
             at_ms: now + millis(delay),
             attempts,
@@ -401,6 +533,21 @@ enum Failure {
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         Failure::Api(e)
+    }
+}
+
+/// The dead letters an outcome makes, in the store's order: (cause, property, reason).
+fn dead_letters_of(outcome: &JobOutcome) -> Vec<(DeadLetterCause, Option<&str>, &str)> {
+    match outcome {
+        JobOutcome::Delivered { rejected, .. } => rejected
+            .iter()
+            .map(|r| {
+                let cause = DeadLetterCause::PropertyRefused;
+                (cause, Some(r.key.as_str()), r.reason.as_str())
+            })
+            .collect(),
+        JobOutcome::DeadLetter { reason, cause, .. } => vec![(*cause, None, reason.as_str())],
+        JobOutcome::RetryAt { .. } => Vec::new(),
     }
 }
 

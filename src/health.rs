@@ -1,8 +1,9 @@
 //! Health and metrics endpoints: what the orchestrator and Prometheus ask.
 //!
-//! In: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! In: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /status`.
 //! Out: liveness without I/O; readiness from a real store round trip (and 503 while
-//! draining), with the reason in the body; the Prometheus text exposition.
+//! draining), with the reason in the body; the Prometheus text exposition; the status
+//! document ([`crate::status`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
+use crate::status;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -33,11 +35,24 @@ pub fn router(state: HealthState) -> Router {
         .with_state(state)
 }
 
-/// `/metrics`, on the main listener or a separate one.
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+/// `/metrics` and `/status`, on the main listener or a separate one.
+pub fn metrics_router(metrics: Arc<Metrics>, status: status::Sources) -> Router {
+    let status = Router::new()
+        .route("/status", get(render_status))
+        .with_state(status);
     Router::new()
         .route("/metrics", get(render_metrics))
         .with_state(metrics)
+        .merge(status)
+        .layer(axum::middleware::from_fn(crate::telemetry::log_request))
+}
+
+/// The status document; 503 when the store cannot be read (the rest would be half a story).
+async fn render_status(State(sources): State<status::Sources>) -> axum::response::Response {
+    match sources.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => not_ready(&format!("store: {e}")).into_response(),
+    }
 }
 
 /// The process is up and serving; deliberately no I/O, so a slow disk never gets it killed.

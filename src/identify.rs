@@ -78,6 +78,15 @@ pub enum EventError {
     Invalid(String),
 }
 
+/// The key an email is known by in the queue, the remembered `userId → email` and the
+/// subscriber cache: trimmed and lowercased (ASCII), because Segment traits and ProsperStack
+/// disagree on case all the time and one person must be one subscriber whatever the case.
+/// The spelling as sent is kept beside it for look-ups, since ProsperStack's email filter may
+/// compare exactly.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_ascii_lowercase()
+}
+
 /// Normalises one event. `received_ms` is used when the event carries no usable time, and
 /// to make a message id for events that have none (Segment always sends one; curl may not).
 pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {
@@ -187,6 +196,28 @@ fn engage(obj: &Map<String, Value>) -> Option<Engage> {
         class: class.to_owned(),
         key: key.to_owned(),
     })
+}
+
+/// Where an Identify's email was found, for tools that explain an event (`preview`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum EmailSource {
+    #[serde(rename = "traits.email")]
+    Traits,
+    #[serde(rename = "context.traits.email")]
+    ContextTraits,
+}
+
+/// The email an Identify carries and where, by [`normalise`]'s precedence: `traits.email`,
+/// else `context.traits.email`. `None` when neither holds one (the store may still remember
+/// one for the `userId`).
+pub fn email_source(event: &Value) -> Option<(String, EmailSource)> {
+    let traits = event.get("traits").and_then(Value::as_object);
+    if let Some(email) = traits.and_then(email_from) {
+        return Some((email, EmailSource::Traits));
+    }
+    let context = event.get("context").and_then(|c| c.get("traits"));
+    let email = context.and_then(Value::as_object).and_then(email_from)?;
+    Some((email, EmailSource::ContextTraits))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //!   answer lists what was rejected and why;
 //! - the signature is checked over the raw bytes (the first element's for an array, as
 //!   Segment signs), in constant time; nothing here knows ProsperStack.
+//!
+//! Configured by [`SegmentSettings`], the `[segment]` section.
 
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha1::Sha1;
@@ -32,20 +34,55 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
-use crate::config::Secret;
+use crate::config::{self, ConfigError, Secret};
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
 use crate::store::{Incoming, IngestOutcome, Store, StoreError};
 use crate::telemetry::redact_emails;
+
+/// The `[segment]` section: how requests from Segment are authenticated and bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentSettings {
+    /// When set, `X-Signature` (HMAC-SHA1 of the raw body) is required.
+    #[serde(deserialize_with = "config::optional_secret")]
+    pub shared_secret: Option<Secret>,
+    /// When set, `Authorization: Bearer <token>` is required.
+    #[serde(deserialize_with = "config::optional_secret")]
+    pub ingest_token: Option<Secret>,
+    /// Larger bodies are answered 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        SegmentSettings {
+            shared_secret: None,
+            ingest_token: None,
+            max_body_bytes: 5 * 1024 * 1024,
+        }
+    }
+}
+
+impl SegmentSettings {
+    /// A body limit below 1 KiB would refuse Segment's smallest real events.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::at(
+                "segment.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct IngestState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
-    pub shared_secret: Option<Secret>,
-    pub ingest_token: Option<Secret>,
-    pub max_body_bytes: usize,
+    pub settings: Arc<SegmentSettings>,
     /// Poked after events are stored, so delivery starts at once.
     pub wake: Arc<Notify>,
     /// Set while shutting down: new events are refused with 503 so Segment retries them.
@@ -196,14 +233,15 @@ async fn read_events(
     body: Body,
 ) -> Result<Vec<RawEvent>, IngestError> {
     check_token(state, headers)?;
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+    let limit = state.settings.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| IngestError::TooLarge(state.max_body_bytes))?;
-    parse_body(&bytes, headers, state.shared_secret.as_ref())
+        .map_err(|_| IngestError::TooLarge(limit))?;
+    parse_body(&bytes, headers, state.settings.shared_secret.as_ref())
 }
 
 fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestError> {
-    let Some(token) = &state.ingest_token else {
+    let Some(token) = &state.settings.ingest_token else {
         return Ok(());
     };
     let presented = headers
@@ -221,7 +259,7 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
 }
 
 /// One event of the body: its parsed JSON (or why it is not an event) and its raw text.
-type RawEvent = (Result<Value, String>, String);
+pub type RawEvent = (Result<Value, String>, String);
 
 /// Splits the body into events, checking the signature over the bytes Segment signed.
 fn parse_body(
@@ -229,23 +267,52 @@ fn parse_body(
     headers: &HeaderMap,
     secret: Option<&Secret>,
 ) -> Result<Vec<RawEvent>, IngestError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let elements: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
+    let text = body_text(bytes)?;
+    if is_array(text) {
+        let elements = array_elements(text)?;
         if let (Some(secret), Some(first)) = (secret, elements.first()) {
             verify_signature(secret, first.get().as_bytes(), headers)?;
         }
-        return Ok(elements
-            .iter()
-            .map(|raw| (parse_element(raw.get()), raw.get().to_owned()))
-            .collect());
+        return Ok(array_events(&elements));
     }
     if let Some(secret) = secret {
         verify_signature(secret, bytes, headers)?;
     }
+    object_events(text)
+}
+
+/// Splits a body into events as `POST /v1/segment` does (one event, a JSON array, or
+/// `{"batch": [...]}`), without authenticating it: for tools that explain a payload.
+pub fn split_body(bytes: &[u8]) -> Result<Vec<RawEvent>, IngestError> {
+    let text = body_text(bytes)?;
+    if is_array(text) {
+        return Ok(array_events(&array_elements(text)?));
+    }
+    object_events(text)
+}
+
+fn body_text(bytes: &[u8]) -> Result<&str, IngestError> {
+    std::str::from_utf8(bytes).map_err(|_| IngestError::Malformed("body is not UTF-8".into()))
+}
+
+fn is_array(text: &str) -> bool {
+    text.trim_start().starts_with('[')
+}
+
+fn array_elements(text: &str) -> Result<Vec<&RawValue>, IngestError> {
+    serde_json::from_str(text).map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))
+}
+
+/// Each element parsed on its own, so one malformed element costs only itself.
+fn array_events(elements: &[&RawValue]) -> Vec<RawEvent> {
+    elements
+        .iter()
+        .map(|raw| (parse_element(raw.get()), raw.get().to_owned()))
+        .collect()
+}
+
+/// A body that is not an array: one event, or the Tracking API's `{"batch": [...]}`.
+fn object_events(text: &str) -> Result<Vec<RawEvent>, IngestError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| IngestError::Malformed(format!("invalid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
@@ -317,46 +384,9 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
     let mut sent: Vec<Sent> = Vec::new();
     let mut incoming: Vec<Incoming> = Vec::new();
     for (index, (parsed, raw)) in events.into_iter().enumerate() {
-        let value = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                reject(state, &mut answer, index, None, 400, "malformed", e);
-                continue;
-            }
-        };
-        let message_id = value
-            .get("messageId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        match identify::normalise(&value, received) {
-            Ok(identify::Event::Ignored { event_type }) => {
-                answer.ignored += 1;
-                state.metrics.event_received(&event_type, "ignored");
-            }
-            Ok(event) => {
-                let event_type = event.type_name().to_owned();
-                sent.push(Sent {
-                    index,
-                    event_type,
-                    message_id,
-                });
-                incoming.push(Incoming { event, raw });
-            }
-            Err(e) => {
-                let reason = match e {
-                    EventError::NotAnObject | EventError::MissingType => "not_an_event",
-                    EventError::Invalid(_) => "invalid",
-                };
-                reject(
-                    state,
-                    &mut answer,
-                    index,
-                    message_id,
-                    400,
-                    reason,
-                    e.to_string(),
-                );
-            }
+        if let Some((event, meta)) = admit(state, &mut answer, index, parsed, received) {
+            sent.push(meta);
+            incoming.push(Incoming { event, raw });
         }
     }
     let outcomes = if incoming.is_empty() {
@@ -365,40 +395,92 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
         state.store.ingest(incoming, received).await?
     };
     for (event, outcome) in sent.into_iter().zip(outcomes) {
-        let counted = match outcome {
-            IngestOutcome::Stored | IngestOutcome::Forgotten => {
-                answer.accepted += 1;
-                "stored"
-            }
-            IngestOutcome::Duplicate => {
-                answer.duplicates += 1;
-                "duplicate"
-            }
-            IngestOutcome::Ignored => {
-                answer.ignored += 1;
-                "ignored"
-            }
-            IngestOutcome::NoEmail => {
-                let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
-                reject(
-                    state,
-                    &mut answer,
-                    event.index,
-                    event.message_id,
-                    422,
-                    "no_email",
-                    why.into(),
-                );
-                continue;
-            }
-        };
-        state.metrics.event_received(&event.event_type, counted);
+        tally(state, &mut answer, event, outcome);
     }
     answer.rejected.sort_by_key(|r| r.index);
     if answer.accepted > 0 {
         state.wake.notify_one();
     }
     Ok(answer)
+}
+
+/// One event of a request: normalised and handed back for the store, or counted here as
+/// ignored or rejected.
+fn admit(
+    state: &IngestState,
+    answer: &mut Answer,
+    index: usize,
+    parsed: Result<Value, String>,
+    received: i64,
+) -> Option<(identify::Event, Sent)> {
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            reject(state, answer, index, None, 400, "malformed", e);
+            return None;
+        }
+    };
+    let message_id = value
+        .get("messageId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match identify::normalise(&value, received) {
+        Ok(identify::Event::Ignored { event_type }) => {
+            answer.ignored += 1;
+            state.metrics.event_received(&event_type, "ignored");
+            None
+        }
+        Ok(event) => {
+            let event_type = event.type_name().to_owned();
+            let meta = Sent {
+                index,
+                event_type,
+                message_id,
+            };
+            Some((event, meta))
+        }
+        Err(e) => {
+            let reason = match e {
+                EventError::NotAnObject | EventError::MissingType => "not_an_event",
+                EventError::Invalid(_) => "invalid",
+            };
+            reject(state, answer, index, message_id, 400, reason, e.to_string());
+            None
+        }
+    }
+}
+
+/// Counts what the store made of one event in the answer and the metrics.
+fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestOutcome) {
+    let counted = match outcome {
+        IngestOutcome::Stored | IngestOutcome::Forgotten => {
+            answer.accepted += 1;
+            "stored"
+        }
+        IngestOutcome::Duplicate => {
+            answer.duplicates += 1;
+            "duplicate"
+        }
+        IngestOutcome::Ignored => {
+            answer.ignored += 1;
+            "ignored"
+        }
+        IngestOutcome::NoEmail => {
+            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
+            let (index, message_id) = (event.index, event.message_id);
+            reject(
+                state,
+                answer,
+                index,
+                message_id,
+                422,
+                "no_email",
+                why.into(),
+            );
+            return;
+        }
+    };
+    state.metrics.event_received(&event.event_type, counted);
 }
 
 fn reject(

@@ -15,7 +15,8 @@
 //! - [`retry`]: pure retry decisions and delays.
 //! - [`prosperstack`]: the ProsperStack API client (HTTP and the API's types only).
 //!
-//! Around it: [`config`] (settings from file and environment), [`app`] (wiring, run, drain),
+//! Around it: [`config`] (one typed settings tree from file and environment; each stage owns
+//! its section), [`app`] (wiring, run, drain),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! and [`cli`] (subcommands).
 //!
@@ -35,5 +36,6 @@ pub mod metrics;
 pub mod prosperstack;
 pub mod resolve;
 pub mod retry;
+pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -19,18 +19,60 @@
 //! Only `subscriber` properties are considered. Latest wins: for each property the value from
 //! the event with the latest `timestamp` is chosen, and it is dropped when a value with a later
 //! timestamp was already delivered.
+//!
+//! Configured by [`MappingSettings`] (the `[mapping]` section) and the `[trait_mappings]` table;
+//! a configured mapping whose property key the catalogue does not hold is logged at warn each
+//! time the catalogue is loaded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heck::ToSnakeCase;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use tokio::sync::Mutex;
 
 use crate::clock::SharedClock;
+use crate::config::ConfigError;
 use crate::prosperstack::{ApiError, Client, Property, PropertyType};
 use crate::store::Job;
+
+/// The `[mapping]` section: which matching rules apply and how fresh the catalogue is.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MappingSettings {
+    /// Rule 4: a trait whose snake_case form equals a property key matches.
+    pub snake_case_match: bool,
+    /// Create a boolean subscriber property for an Engage audience that has none.
+    pub create_audience_properties: bool,
+    /// How long the property catalogue is cached.
+    #[serde(with = "humantime_serde")]
+    pub catalogue_refresh: Duration,
+}
+
+impl Default for MappingSettings {
+    fn default() -> Self {
+        MappingSettings {
+            snake_case_match: true,
+            create_audience_properties: false,
+            catalogue_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[trait_mappings]`: a mapping must name both a trait and a property.
+pub fn check_trait_mappings(mappings: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, key) in mappings {
+        if name.is_empty() || key.trim().is_empty() {
+            return Err(ConfigError::at(
+                "trait_mappings",
+                format!("{name:?} = {key:?}: trait names and property keys must not be empty"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The subscriber properties, indexed the ways matching needs.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +94,39 @@ impl Catalogue {
     pub fn get(&self, key: &str) -> Option<&Property> {
         self.by_key.get(key)
     }
+
+    /// Every subscriber property, by key.
+    pub fn properties(&self) -> impl Iterator<Item = &Property> {
+        let mut all: Vec<&Property> = self.by_key.values().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all.into_iter()
+    }
+}
+
+/// Which rule matched a trait to a property (the module's rules 1–4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchRule {
+    /// A configured `[trait_mappings]` entry.
+    Mapping,
+    /// The property's display name equals the trait name.
+    Name,
+    /// The property's key equals the trait name.
+    Key,
+    /// The property's key equals the trait's snake_case form.
+    SnakeCase,
+}
+
+impl MatchRule {
+    /// The rule's name, as `preview` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchRule::Mapping => "mapping",
+            MatchRule::Name => "name",
+            MatchRule::Key => "key",
+            MatchRule::SnakeCase => "snake_case",
+        }
+    }
 }
 
 /// The matching rules from configuration.
@@ -62,20 +137,37 @@ pub struct Rules {
 }
 
 impl Rules {
+    pub fn new(settings: &MappingSettings, trait_mappings: &BTreeMap<String, String>) -> Rules {
+        Rules {
+            trait_mappings: trait_mappings.clone(),
+            snake_case_match: settings.snake_case_match,
+        }
+    }
+
     /// The property a trait name maps to, by the module's precedence.
     pub fn match_trait<'c>(&self, name: &str, catalogue: &'c Catalogue) -> Option<&'c Property> {
+        self.match_trait_with_rule(name, catalogue).map(|(p, _)| p)
+    }
+
+    /// The property a trait name maps to, and the rule that matched it.
+    pub fn match_trait_with_rule<'c>(
+        &self,
+        name: &str,
+        catalogue: &'c Catalogue,
+    ) -> Option<(&'c Property, MatchRule)> {
         if let Some(key) = self.trait_mappings.get(name) {
             // A configured mapping is the operator's word: it does not fall through.
-            return catalogue.get(key);
+            return catalogue.get(key).map(|p| (p, MatchRule::Mapping));
         }
         if let Some(key) = catalogue.key_by_name.get(name) {
-            return catalogue.get(key);
+            return catalogue.get(key).map(|p| (p, MatchRule::Name));
         }
         if let Some(p) = catalogue.get(name) {
-            return Some(p);
+            return Some((p, MatchRule::Key));
         }
         if self.snake_case_match {
-            return catalogue.get(&name.to_snake_case());
+            let snake = name.to_snake_case();
+            return catalogue.get(&snake).map(|p| (p, MatchRule::SnakeCase));
         }
         None
     }
@@ -229,19 +321,39 @@ pub fn readable_name(key: &str) -> String {
     }
 }
 
+/// The configured mappings whose property key is no subscriber property in `catalogue`
+/// (trait name, property key): their values would never be sent.
+pub fn unknown_mapping_targets<'m>(
+    catalogue: &Catalogue,
+    trait_mappings: &'m BTreeMap<String, String>,
+) -> Vec<(&'m str, &'m str)> {
+    trait_mappings
+        .iter()
+        .filter(|(_, key)| catalogue.get(key).is_none())
+        .map(|(name, key)| (name.as_str(), key.as_str()))
+        .collect()
+}
+
 /// The property catalogue, fetched from ProsperStack (every page) and refreshed when older
 /// than `refresh` or when invalidated (a property was created, or ProsperStack refused one).
 pub struct CatalogueCache {
     refresh: Duration,
     clock: SharedClock,
+    /// Checked against each catalogue loaded, so a typo in the configuration shows in the log.
+    trait_mappings: BTreeMap<String, String>,
     current: Mutex<Option<(Instant, Arc<Catalogue>)>>,
 }
 
 impl CatalogueCache {
-    pub fn new(refresh: Duration, clock: SharedClock) -> CatalogueCache {
+    pub fn new(
+        refresh: Duration,
+        trait_mappings: BTreeMap<String, String>,
+        clock: SharedClock,
+    ) -> CatalogueCache {
         CatalogueCache {
             refresh,
             clock,
+            trait_mappings,
             current: Mutex::new(None),
         }
     }
@@ -254,6 +366,9 @@ impl CatalogueCache {
             }
         }
         let catalogue = Arc::new(Catalogue::new(client.all_properties().await?));
+        for (name, key) in unknown_mapping_targets(&catalogue, &self.trait_mappings) {
+            tracing::warn!(r#trait = %name, property = %key, "a configured trait mapping names no subscriber property; that trait is not sent");
+        }
         *current = Some((self.clock.now(), catalogue.clone()));
         Ok(catalogue)
     }

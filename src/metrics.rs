@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::store::QueueStats;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     r#type: String,
@@ -51,6 +53,11 @@ struct ResolveLabels {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
 /// The relay's metrics. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -59,6 +66,10 @@ pub struct Metrics {
     queue_depth: Gauge,
     queue_subscribers: Gauge,
     oldest_queued_age: Gauge<f64, AtomicU64>,
+    state_subscribers: Family<StateLabels, Gauge>,
+    state_events: Family<StateLabels, Gauge>,
+    state_oldest_age: Family<StateLabels, Gauge<f64, AtomicU64>>,
+    store_bytes: Gauge,
     updates_sent: Counter,
     updates_coalesced: Counter,
     updates_skipped: Counter,
@@ -68,11 +79,12 @@ pub struct Metrics {
     upstream_latency: Family<EndpointLabels, Histogram>,
     upstream_rate_limited: Counter,
     budget_remaining: Gauge,
+    key_refused: Gauge,
     cache_lookups: Family<CacheLabels, Counter>,
     subscribers_resolved: Family<ResolveLabels, Counter>,
     directory_pages: Counter,
     dead_letters: Gauge,
-    dead_lettered: Counter,
+    dead_lettered: Family<ReasonLabels, Counter>,
     retries: Counter,
 }
 
@@ -92,6 +104,10 @@ impl Metrics {
             queue_depth: Gauge::default(),
             queue_subscribers: Gauge::default(),
             oldest_queued_age: Gauge::default(),
+            state_subscribers: Family::default(),
+            state_events: Family::default(),
+            state_oldest_age: Family::default(),
+            store_bytes: Gauge::default(),
             updates_sent: Counter::default(),
             updates_coalesced: Counter::default(),
             updates_skipped: Counter::default(),
@@ -103,11 +119,12 @@ impl Metrics {
             }),
             upstream_rate_limited: Counter::default(),
             budget_remaining: Gauge::default(),
+            key_refused: Gauge::default(),
             cache_lookups: Family::default(),
             subscribers_resolved: Family::default(),
             directory_pages: Counter::default(),
             dead_letters: Gauge::default(),
-            dead_lettered: Counter::default(),
+            dead_lettered: Family::default(),
             retries: Counter::default(),
         };
         let r = &mut registry;
@@ -135,6 +152,26 @@ impl Metrics {
             "queue_oldest_age_seconds",
             "Age of the oldest queued event",
             m.oldest_queued_age.clone(),
+        );
+        r.register(
+            "queue_state_subscribers",
+            "Subscribers with queued updates, by state (due, waiting, retrying)",
+            m.state_subscribers.clone(),
+        );
+        r.register(
+            "queue_state_events",
+            "Queued events, by their subscriber's state (due, waiting, retrying)",
+            m.state_events.clone(),
+        );
+        r.register(
+            "queue_state_oldest_age_seconds",
+            "Age of the oldest queued event, by state (due, waiting, retrying)",
+            m.state_oldest_age.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "What the store takes on disk",
+            m.store_bytes.clone(),
         );
         r.register(
             "updates_sent",
@@ -182,6 +219,11 @@ impl Metrics {
             m.budget_remaining.clone(),
         );
         r.register(
+            "upstream_key_refused",
+            "1 while ProsperStack refuses the API key (401/403): delivery is paused",
+            m.key_refused.clone(),
+        );
+        r.register(
             "cache_lookups",
             "Cache look-ups, by cache and result (hit, miss)",
             m.cache_lookups.clone(),
@@ -203,7 +245,7 @@ impl Metrics {
         );
         r.register(
             "dead_lettered",
-            "Updates or properties that became dead letters",
+            "Updates or properties that became dead letters, by reason",
             m.dead_lettered.clone(),
         );
         r.register(
@@ -248,10 +290,27 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_queue(&self, events: u64, subscribers: u64, oldest_age_secs: f64) {
-        self.queue_depth.set(events as i64);
-        self.queue_subscribers.set(subscribers as i64);
-        self.oldest_queued_age.set(oldest_age_secs);
+    /// Every queue gauge from one reading of the store at `now_ms`.
+    pub fn set_queue(&self, stats: &QueueStats, now_ms: i64) {
+        let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        self.queue_depth.set(stats.events as i64);
+        self.queue_subscribers.set(stats.subscribers as i64);
+        self.oldest_queued_age.set(age(stats.oldest_received_ms));
+        for (state, figures) in stats.states() {
+            let labels = StateLabels { state };
+            let subscribers = figures.subscribers as i64;
+            self.state_subscribers
+                .get_or_create(&labels)
+                .set(subscribers);
+            self.state_events
+                .get_or_create(&labels)
+                .set(figures.events as i64);
+            let oldest = age(figures.oldest_received_ms);
+            self.state_oldest_age.get_or_create(&labels).set(oldest);
+        }
+        self.dead_letters.set(stats.dead_letters as i64);
+        self.store_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
 
     pub fn update_sent(&self, events_merged: u64) {
@@ -290,6 +349,10 @@ impl Metrics {
         }
     }
 
+    pub fn set_key_refused(&self, refused: bool) {
+        self.key_refused.set(i64::from(refused));
+    }
+
     pub fn set_budget_remaining(&self, remaining: u32) {
         self.budget_remaining.set(i64::from(remaining));
     }
@@ -311,12 +374,11 @@ impl Metrics {
         self.directory_pages.inc();
     }
 
-    pub fn set_dead_letters(&self, count: u64) {
-        self.dead_letters.set(count as i64);
-    }
-
-    pub fn dead_lettered(&self, count: u64) {
-        self.dead_lettered.inc_by(count);
+    /// One update or property became a dead letter, for a reason from a closed set.
+    pub fn dead_lettered(&self, reason: &'static str) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn retry_scheduled(&self) {

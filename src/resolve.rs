@@ -18,7 +18,7 @@
 //! backlog's size, so another walk waits until the backlog has grown that large.
 //! After a complete walk, emails it did not find are cached as missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use moka::future::Cache;
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
+use crate::identify::email_key;
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, Subscriber};
 
@@ -67,7 +68,8 @@ pub struct Resolver {
     metrics: Arc<Metrics>,
 }
 
-/// A moka cache whose entries expire on the relay's clock. Moka's own time-to-live (on its
+/// A moka cache by email key ([`email_key`]: any case finds the same entry) whose entries
+/// expire on the relay's clock. Moka's own time-to-live (on its
 /// internal clock) only reclaims memory; whether an entry is still good is decided here, so a
 /// test on a paused clock sees a TTL pass exactly when the relay would.
 struct TtlCache<T> {
@@ -89,21 +91,24 @@ impl<T: Clone + Send + Sync + 'static> TtlCache<T> {
     }
 
     async fn get(&self, email: &str) -> Option<T> {
-        let (value, expires) = self.entries.get(email).await?;
+        let key = email_key(email);
+        let (value, expires) = self.entries.get(&key).await?;
         if expires > self.clock.now() {
             return Some(value);
         }
-        self.entries.invalidate(email).await;
+        self.entries.invalidate(&key).await;
         None
     }
 
-    async fn insert(&self, email: String, value: T) {
+    async fn insert(&self, email: &str, value: T) {
         let expires = self.clock.now() + self.ttl;
-        self.entries.insert(email, (value, expires)).await;
+        self.entries
+            .insert(email_key(email), (value, expires))
+            .await;
     }
 
     async fn invalidate(&self, email: &str) {
-        self.entries.invalidate(email).await;
+        self.entries.invalidate(&email_key(email)).await;
     }
 }
 
@@ -147,21 +152,28 @@ impl Resolver {
         None
     }
 
-    /// Cached answer, else one look-up by email (cached either way).
-    pub async fn resolve(&self, client: &Client, email: &str) -> Result<Resolution, ApiError> {
+    /// Cached answer, else look-ups by email (cached either way): its key first, then each
+    /// other spelling it was sent with, since ProsperStack's email filter may compare exactly
+    /// and a subscriber is stored in whatever case the payment processor had.
+    pub async fn resolve(
+        &self,
+        client: &Client,
+        email: &str,
+        spellings: &[String],
+    ) -> Result<Resolution, ApiError> {
         if let Some(r) = self.cached(email).await {
             return Ok(r);
         }
-        match client.find_subscriber_by_email(email).await? {
-            Some(subscriber) => {
+        let key = email_key(email);
+        let others = spellings.iter().filter(|s| s.as_str() != key);
+        for spelling in std::iter::once(&key).chain(others) {
+            if let Some(subscriber) = client.find_subscriber_by_email(spelling).await? {
                 self.metrics.subscriber_resolved("lookup");
-                Ok(Resolution::Found(self.remember(email, &subscriber).await))
-            }
-            None => {
-                self.missing.insert(email.to_owned(), ()).await;
-                Ok(Resolution::Missing)
+                return Ok(Resolution::Found(self.remember(email, &subscriber).await));
             }
         }
+        self.missing.insert(email, ()).await;
+        Ok(Resolution::Missing)
     }
 
     /// Records a subscriber's current state (from a list page or an update's answer).
@@ -171,7 +183,7 @@ impl Resolver {
             values: Some(Arc::new(subscriber.values())),
         };
         self.missing.invalidate(email).await;
-        self.found.insert(email.to_owned(), known.clone()).await;
+        self.found.insert(email, known.clone()).await;
         known
     }
 
@@ -193,7 +205,7 @@ impl Resolver {
         let mut wanted = HashSet::new();
         for email in sample {
             if self.found.get(email).await.is_none() && self.missing.get(email).await.is_none() {
-                wanted.insert(email.to_lowercase());
+                wanted.insert(email_key(email));
             }
         }
         if sample.is_empty() || wanted.is_empty() {
@@ -236,20 +248,17 @@ impl Resolver {
     ) -> Result<WalkReport, ApiError> {
         let mut report = WalkReport::default();
         let mut remaining = wanted.clone();
-        // ProsperStack's spelling of an email may differ in case from the queue's.
-        let mut by_lowercase: HashMap<String, Known> = HashMap::new();
         let mut cursor: Option<String> = None;
         loop {
             let page = client.list_subscribers(cursor.as_deref()).await?;
             report.pages += 1;
             self.metrics.directory_page();
             for subscriber in &page.data {
-                let known = self.remember(&subscriber.email, subscriber).await;
-                let lower = subscriber.email.to_lowercase();
-                if remaining.remove(&lower) {
+                // Cached by key, so the queue's email finds it whatever case either side used.
+                self.remember(&subscriber.email, subscriber).await;
+                if remaining.remove(&email_key(&subscriber.email)) {
                     report.found += 1;
                     self.metrics.subscriber_resolved("directory");
-                    by_lowercase.insert(lower, known);
                 }
             }
             cursor = page.next_cursor;
@@ -267,13 +276,10 @@ impl Resolver {
                 break;
             }
         }
-        for email in sample {
-            let lower = email.to_lowercase();
-            if let Some(known) = by_lowercase.get(&lower) {
-                self.found.insert(email.clone(), known.clone()).await;
-            } else if report.complete && remaining.contains(&lower) {
-                // A complete walk is proof: whoever it did not list does not exist yet.
-                self.missing.insert(email.clone(), ()).await;
+        if report.complete {
+            // A complete walk is proof: whoever it did not list does not exist yet.
+            for email in sample.iter().filter(|e| remaining.contains(&email_key(e))) {
+                self.missing.insert(email, ()).await;
             }
         }
         if report.complete {

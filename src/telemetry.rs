@@ -60,10 +60,10 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// A short, stable tag for an email (the first 8 hex digits of the SHA-1 of its trimmed,
-/// lowercased form), so logs can tell subscribers apart without carrying personal data.
+/// A short, stable tag for an email (the first 8 hex digits of the SHA-1 of its key,
+/// [`crate::identify::email_key`]), so logs can tell subscribers apart without personal data.
 pub fn email_tag(email: &str) -> String {
-    let digest = Sha1::digest(email.trim().to_lowercase().as_bytes());
+    let digest = Sha1::digest(crate::identify::email_key(email).as_bytes());
     hex::encode(&digest[..4])
 }
 

@@ -121,3 +121,24 @@ fn malformed_bodies() {
         Err(IngestError::Malformed(_))
     ));
 }
+
+/// `split_body` splits every body shape exactly as an unsigned request is split, and refuses
+/// the same malformed bodies.
+#[test]
+fn split_body_splits_as_ingest_does() {
+    let bodies = [
+        payload("identify-basic.json"),
+        payload("webhook-actions-batch-array.json"),
+        payload("batch-tracking-api.json"),
+        "[{\"type\":\"identify\"}, 42]".to_owned(),
+    ];
+    for body in bodies {
+        let split = split_body(body.as_bytes()).unwrap();
+        let ingested = parse_body(&Bytes::from(body.clone()), &HeaderMap::new(), None).unwrap();
+        assert_eq!(split, ingested, "{body}");
+    }
+    for body in ["", "{", "42", "{\"batch\": 1}"] {
+        let r = split_body(body.as_bytes());
+        assert!(matches!(r, Err(IngestError::Malformed(_))), "{body:?}");
+    }
+}

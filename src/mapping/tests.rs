@@ -58,6 +58,7 @@ fn event(id: i64, ts: i64, traits: serde_json::Value) -> QueuedEvent {
 
 fn job(events: Vec<QueuedEvent>, applied: &[(&str, i64)]) -> Job {
     Job {
+        spellings: Vec::new(),
         email: "a@x.io".into(),
         attempts: 0,
         first_queued_ms: 0,
@@ -120,6 +121,44 @@ fn precedence() {
     // Subscription properties are never matched.
     assert!(r.match_trait("plan_tier", &c).is_none());
     assert!(r.match_trait("Plan tier", &c).is_none());
+}
+
+/// Each rule names itself: mapping, name, key, snake_case; a mapping to no property matches
+/// nothing (it does not fall through to the other rules).
+#[test]
+fn match_rules_are_named() {
+    let c = catalogue();
+    let mut r = rules();
+    r.trait_mappings
+        .insert("Nick".into(), "preferred_name".into());
+    r.trait_mappings.insert("Typo".into(), "no_such_key".into());
+    let cases = [
+        ("Nick", Some(("preferred_name", MatchRule::Mapping))),
+        ("Last contacted", Some(("last_contacted", MatchRule::Name))),
+        (
+            "high_value_customers",
+            Some(("high_value_customers", MatchRule::Key)),
+        ),
+        (
+            "isProfessional",
+            Some(("is_professional", MatchRule::SnakeCase)),
+        ),
+        ("Typo", None),
+        ("nothing like it", None),
+    ];
+    for (name, want) in cases {
+        let got = r
+            .match_trait_with_rule(name, &c)
+            .map(|(p, rule)| (p.key.as_str(), rule));
+        assert_eq!(got, want, "{name}");
+        assert_eq!(
+            r.match_trait(name, &c).map(|p| p.key.as_str()),
+            want.map(|(k, _)| k)
+        );
+    }
+    assert_eq!(MatchRule::SnakeCase.as_str(), "snake_case");
+    let keys: Vec<&str> = c.properties().map(|p| p.key.as_str()).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]) && !keys.contains(&"plan_tier"));
 }
 
 /// Values are converted per property type.
@@ -212,4 +251,40 @@ fn readable_names() {
         readable_name("order_completed_last_30days"),
         "Order completed last 30days"
     );
+}
+
+/// A configured mapping is an unknown target when its key is no subscriber property (a
+/// display name or another entity's key does not count).
+#[test]
+fn unknown_mapping_targets_are_found() {
+    let mappings: BTreeMap<String, String> = [
+        ("Contacts", "number_of_contacts"),
+        ("Typo", "numbr_of_contacts"),
+        ("By name", "Last contacted"),
+        ("Tier", "plan_tier"),
+    ]
+    .iter()
+    .map(|(t, k)| (t.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(
+        unknown_mapping_targets(&catalogue(), &mappings),
+        vec![
+            ("By name", "Last contacted"),
+            ("Tier", "plan_tier"),
+            ("Typo", "numbr_of_contacts"),
+        ]
+    );
+}
+
+/// The `[mapping]` section's rules reach the matcher with the configured mappings.
+#[test]
+fn rules_from_settings() {
+    let settings = MappingSettings {
+        snake_case_match: false,
+        ..MappingSettings::default()
+    };
+    let mappings = BTreeMap::from([("Nickname".to_string(), "preferred_name".to_string())]);
+    let rules = Rules::new(&settings, &mappings);
+    assert!(!rules.snake_case_match);
+    assert_eq!(rules.trait_mappings, mappings);
 }

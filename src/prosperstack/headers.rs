@@ -1,7 +1,8 @@
-//! Wire format of the delays ProsperStack announces: `RateLimit-Reset` and `Retry-After`.
+//! Wire format of what ProsperStack announces in headers: `RateLimit-Limit`,
+//! `RateLimit-Remaining`, `RateLimit-Reset` and `Retry-After`.
 //!
 //! In: header values as text, and the current wall-clock time (for `Retry-After` dates).
-//! Out: a delay, or `None` when a header is absent or unparsable.
+//! Out: a delay or a count, or `None` when a header is absent or unparsable.
 //! Stays true: a delay is never negative (a date in the past means "now") and never longer
 //! than [`MAX_PAUSE`]; fractions of a second round up, so the relay never comes back early.
 
@@ -37,6 +38,33 @@ pub fn parse_seconds(value: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs.ceil().min(u64::MAX as f64) as u64))
 }
 
+/// The `RateLimit-*` headers of one answer, each `None` when absent or unparsable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// Requests allowed per window for this key.
+    pub limit: Option<u32>,
+    /// Requests left in the current window.
+    pub remaining: Option<u32>,
+    /// Time until the window resets.
+    pub reset: Option<Duration>,
+}
+
+impl RateLimitHeaders {
+    pub fn parse(limit: Option<&str>, remaining: Option<&str>, reset: Option<&str>) -> Self {
+        RateLimitHeaders {
+            limit: limit.and_then(parse_count),
+            remaining: remaining.and_then(parse_count),
+            reset: reset.and_then(parse_seconds),
+        }
+    }
+}
+
+/// A count; the draft also allows a policy after it (`100, 100;w=60`), of which the first
+/// number is the one that counts.
+fn parse_count(value: &str) -> Option<u32> {
+    value.split([',', ';']).next()?.trim().parse().ok()
+}
+
 /// Delta-seconds, else an HTTP-date in any of the three forms RFC 9110 says a recipient must
 /// accept (IMF-fixdate, RFC 850, asctime).
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -51,6 +79,26 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts are read from plain numbers and from the draft's policy form; garbage is None.
+    #[test]
+    fn rate_limit_seen_table() {
+        let seen = RateLimitHeaders::parse(Some("100"), Some(" 42 "), Some("17"));
+        assert_eq!(
+            seen,
+            RateLimitHeaders {
+                limit: Some(100),
+                remaining: Some(42),
+                reset: Some(Duration::from_secs(17)),
+            }
+        );
+        let policy = RateLimitHeaders::parse(Some("100, 100;w=60"), Some("-1"), None);
+        assert_eq!((policy.limit, policy.remaining), (Some(100), None));
+        assert_eq!(
+            RateLimitHeaders::parse(None, None, None),
+            RateLimitHeaders::default()
+        );
+    }
 
     /// 2015-10-21T07:28:00Z, the moment the table's dates are measured from.
     fn now() -> SystemTime {

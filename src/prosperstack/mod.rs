@@ -9,12 +9,18 @@
 //! - Every request first waits for `budget.acquire()`; every response, whatever its status,
 //!   feeds `RateLimit-Remaining` / `RateLimit-Reset` back to the budget; a 429 pauses it.
 //! - Redirects are not followed: each request the budget admits is exactly one request sent.
-//! - Metrics are labelled with endpoint templates ("PUT /v1/subscribers/{id}"), never raw paths.
+//! - Metrics are labelled with endpoint templates ("PUT /v1/subscribers/{id}"), never raw paths;
+//!   an update's label names the verb it was actually sent with.
+//! - Updates use the configured [`UpdateMethod`]; an update answered 405 is sent once more with
+//!   the other verb, and when that works every later update of every clone uses it (one warn
+//!   says so). Both answered 405 is [`ApiError::Retryable`]: the work stays queued.
 //! - The key never reaches a log; a failed call is logged once, here, at warn, without emails
 //!   (callers need not log it again). Request URLs, which may hold an email, never reach a log.
 
 mod headers;
+mod observed;
 mod types;
+mod verb;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
@@ -31,15 +37,15 @@ use url::Url;
 use crate::budget::Budget;
 use crate::metrics::Metrics;
 use crate::telemetry::redact_emails;
-use headers::{delay_from_headers, parse_seconds};
+use headers::delay_from_headers;
+use verb::CurrentVerb;
 
+pub use headers::RateLimitHeaders;
+pub use observed::{KeyState, Observed, RateLimitSeen, Seen};
 pub use types::{
     ApiKey, InvalidApiKey, NewProperty, Page, Property, PropertyType, PropertyValue, Subscriber,
 };
-
-/// The HTTP method of "Update a subscriber". The seed reference lost the verbs; this is the one
-/// place to change it.
-pub const UPDATE_SUBSCRIBER_METHOD: Method = Method::PUT;
+pub use verb::UpdateMethod;
 
 /// Page size for list endpoints: the API's maximum, so a directory warm-up spends the fewest
 /// requests.
@@ -85,6 +91,9 @@ pub struct Client {
     key: ApiKey,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    observed: Arc<Observed>,
+    /// The verb updates use now; shared by clones, so a switch after a 405 holds for all.
+    update: Arc<CurrentVerb>,
 }
 
 impl fmt::Debug for Client {
@@ -92,6 +101,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base.as_str())
             .field("key", &self.key)
+            .field("update_method", &self.update.get())
             .finish_non_exhaustive()
     }
 }
@@ -114,13 +124,28 @@ impl Client {
             .user_agent(concat!("prosperstack-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| setup_error(format!("cannot build the HTTP client: {e}")))?;
+        let observed = Arc::new(Observed::new(budget.clock().clone()));
         Ok(Client {
             http,
             base,
             key,
             budget,
             metrics,
+            observed,
+            update: Arc::new(CurrentVerb::new(UpdateMethod::default())),
         })
+    }
+
+    /// The same client sending updates with `method` first (`update_method`); the returned
+    /// client and its clones share the verb, not with this one.
+    pub fn with_update_method(mut self, method: UpdateMethod) -> Client {
+        self.update = Arc::new(CurrentVerb::new(method));
+        self
+    }
+
+    /// The verb the next update is sent with.
+    pub fn update_method(&self) -> UpdateMethod {
+        self.update.get()
     }
 
     /// The budget every request of this client passes.
@@ -128,14 +153,32 @@ impl Client {
         &self.budget
     }
 
+    /// What this client (and its clones) has seen of ProsperStack.
+    pub fn observed(&self) -> &Arc<Observed> {
+        &self.observed
+    }
+
     /// One page of subscriber properties: `GET /v1/properties?entity=subscriber&limit=100`.
     pub async fn list_properties(&self, cursor: Option<&str>) -> Result<Page<Property>, ApiError> {
+        Ok(self.properties_page(cursor).await?.0)
+    }
+
+    /// One page of subscriber properties with the rate-limit headers of its answer, for a
+    /// setup check that wants to see what the server says of this key.
+    pub async fn properties_page(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Page<Property>, RateLimitHeaders), ApiError> {
         let mut url = self.url(&["properties"]);
         url.query_pairs_mut()
             .append_pair("entity", "subscriber")
             .append_pair("limit", PAGE_LIMIT);
         append_cursor(&mut url, cursor);
-        self.fetch(LIST_PROPERTIES, self.http.get(url)).await
+        let (headers, page) = self
+            .fetch_quietly(LIST_PROPERTIES, self.http.get(url))
+            .await;
+        let page = page.map_err(|e| self.failed(LIST_PROPERTIES, e))?;
+        Ok((page, rate_limit_headers(&headers)))
     }
 
     /// Every subscriber property, walking all pages.
@@ -202,7 +245,8 @@ impl Client {
     }
 
     /// Sets custom properties (by property key; `null` or `""` deletes a value):
-    /// `UPDATE_SUBSCRIBER_METHOD /v1/subscribers/{id}` with `{"properties": {...}}`.
+    /// `PUT` (or `PATCH`, see [`UpdateMethod`]) `/v1/subscribers/{id}` with
+    /// `{"properties": {...}}`. A 405 is answered by trying the other verb once.
     pub async fn update_subscriber(
         &self,
         id: &str,
@@ -210,8 +254,40 @@ impl Client {
     ) -> Result<Subscriber, ApiError> {
         let url = self.url(&["subscribers", id]);
         let body = serde_json::json!({ "properties": properties });
-        let request = self.http.request(UPDATE_SUBSCRIBER_METHOD, url).json(&body);
-        self.fetch(update_endpoint(), request).await
+        let first = self.update.get();
+        let refused = match self.send_update(first, &url, &body).await {
+            Err(ApiError::Rejected {
+                status: 405,
+                message,
+            }) => message,
+            other => return other.map_err(|e| self.failed(first.endpoint(), e)),
+        };
+        let second = first.other();
+        match self.send_update(second, &url, &body).await {
+            Ok(subscriber) => {
+                if self.update.switch(first, second) {
+                    tracing::warn!("ProsperStack answered 405 to {first} updates; {second} works — set update_method = \"{second}\" (RELAY_UPDATE_METHOD)");
+                }
+                Ok(subscriber)
+            }
+            Err(ApiError::Rejected { status: 405, .. }) => {
+                let error = both_verbs_refused(first, second, &refused);
+                Err(self.failed(second.endpoint(), error))
+            }
+            Err(e) => Err(self.failed(second.endpoint(), e)),
+        }
+    }
+
+    /// One update request with `method`; a failure is handed back unlogged (the caller decides
+    /// whether a 405 is a failure at all).
+    async fn send_update(
+        &self,
+        method: UpdateMethod,
+        url: &Url,
+        body: &serde_json::Value,
+    ) -> Result<Subscriber, ApiError> {
+        let request = self.http.request(method.method(), url.clone()).json(body);
+        self.fetch_quietly(method.endpoint(), request).await.1
     }
 
     /// `base/v1/<segments…>`, each segment percent-escaped by `url`.
@@ -224,58 +300,76 @@ impl Client {
         url
     }
 
-    /// Sends a request and decodes a 2xx body as `T`.
+    /// Sends a request and decodes a 2xx body as `T`; a failure is logged once, here.
     async fn fetch<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         request: RequestBuilder,
     ) -> Result<T, ApiError> {
-        let body = self.send(endpoint, request).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let reason = format!("unparsable response from {endpoint}: {e}");
-            self.failed(endpoint, retryable(reason))
-        })
+        let (_, result) = self.fetch_quietly(endpoint, request).await;
+        result.map_err(|e| self.failed(endpoint, e))
+    }
+
+    /// Sends a request and decodes a 2xx body as `T`, with the answer's headers (empty when
+    /// none came); a failure is handed back unlogged, for the caller to log once.
+    async fn fetch_quietly<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+    ) -> (HeaderMap, Result<T, ApiError>) {
+        let (headers, body) = match self.send(endpoint, request).await {
+            Ok(answer) => answer,
+            Err(e) => return (HeaderMap::new(), Err(e)),
+        };
+        let decoded = serde_json::from_slice(&body)
+            .map_err(|e| retryable(format!("unparsable response from {endpoint}: {e}")));
+        (headers, decoded)
     }
 
     /// The one place a request goes out: budget first, then HTTP; headers back to the budget,
-    /// one metric per request, the status sorted into an [`ApiError`].
+    /// one metric per request, the status sorted into an [`ApiError`] (not logged here).
     async fn send(
         &self,
         endpoint: &'static str,
         request: RequestBuilder,
-    ) -> Result<Bytes, ApiError> {
+    ) -> Result<(HeaderMap, Bytes), ApiError> {
         self.budget.acquire().await;
+        self.observed.request_sent();
         let started = Instant::now();
         let sent = request.basic_auth(self.key.expose(), Some("")).send().await;
         let response = sent.map_err(|e| self.no_response(endpoint, e, started))?;
         let status = response.status();
         let headers = response.headers().clone();
         self.observe(&headers);
+        if status.is_success() {
+            self.observed.success();
+            self.metrics.set_key_refused(false);
+        }
         let body = response.bytes().await;
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics
             .upstream_response(endpoint, status.as_str(), elapsed);
         let body = match body {
             Ok(body) => body,
-            Err(e) if status.is_success() => return Err(self.failed(endpoint, transport_error(e))),
+            Err(e) if status.is_success() => return Err(transport_error(e)),
             // The status already says what went wrong; the message is a nicety.
             Err(_) => Bytes::new(),
         };
-        self.judge(endpoint, status, &headers, body)
+        let body = self.judge(status, &headers, body)?;
+        Ok((headers, body))
     }
 
-    /// A request that got no response at all: counted by error class, logged, made an error.
+    /// A request that got no response at all: counted by error class, made an error.
     fn no_response(&self, endpoint: &'static str, e: reqwest::Error, started: Instant) -> ApiError {
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics
             .upstream_response(endpoint, transport_class(&e), elapsed);
-        self.failed(endpoint, transport_error(e))
+        transport_error(e)
     }
 
     /// The body of a success; for anything else the error, after pausing the budget on a 429.
     fn judge(
         &self,
-        endpoint: &'static str,
         status: StatusCode,
         headers: &HeaderMap,
         body: Bytes,
@@ -287,22 +381,31 @@ impl Client {
         if let ApiError::RateLimited { wait } = &error {
             self.budget.pause_for(*wait);
         }
-        Err(self.failed(endpoint, error))
+        Err(error)
     }
 
     /// The server's view of the budget is the truth: pass it on with every response.
     fn observe(&self, headers: &HeaderMap) {
-        let remaining = header(headers, "ratelimit-remaining").and_then(|v| v.parse().ok());
-        let reset = header(headers, "ratelimit-reset").and_then(parse_seconds);
-        self.budget.observe(remaining, reset);
-        if let Some(remaining) = remaining {
+        let seen = rate_limit_headers(headers);
+        self.budget.observe(seen.remaining, seen.reset);
+        self.observed
+            .rate_limit(seen.limit, seen.remaining, seen.reset.map(|d| d.as_secs()));
+        if let Some(remaining) = seen.remaining {
             self.metrics.set_budget_remaining(remaining);
         }
     }
 
     /// Logs a failed call once, without the key, URL or any email, and hands the error back.
+    /// A refused key is logged by [`Observed`], at error and at most once a minute, since
+    /// every request fails the same way until an operator fixes it.
     fn failed(&self, endpoint: &'static str, error: ApiError) -> ApiError {
-        tracing::warn!(endpoint, error = %redact_emails(&error.to_string()), "ProsperStack call failed");
+        let key_refused = matches!(error, ApiError::Unauthorized { .. });
+        self.observed.failure(&error.to_string(), key_refused);
+        if key_refused {
+            self.metrics.set_key_refused(true);
+        } else {
+            tracing::warn!(endpoint, error = %redact_emails(&error.to_string()), "ProsperStack call failed");
+        }
         error
     }
 }
@@ -414,13 +517,22 @@ fn append_cursor(url: &mut Url, cursor: Option<&str>) {
     }
 }
 
-/// The metric label for updates, following [`UPDATE_SUBSCRIBER_METHOD`] if it ever changes.
-fn update_endpoint() -> &'static str {
-    match UPDATE_SUBSCRIBER_METHOD.as_str() {
-        "PATCH" => "PATCH /v1/subscribers/{id}",
-        "POST" => "POST /v1/subscribers/{id}",
-        _ => "PUT /v1/subscribers/{id}",
-    }
+/// Both verbs answered 405. Retryable, not Rejected: nothing is wrong with the data, so the
+/// work must stay queued (a Rejected update would become dead letters at once) while an
+/// operator looks at what answers at the API's URL; delivery backs off meanwhile.
+fn both_verbs_refused(first: UpdateMethod, second: UpdateMethod, message: &str) -> ApiError {
+    retryable(format!(
+        "405 to both {first} and {second} /v1/subscribers/{{id}} ({message}); the updates stay \
+         queued: check that PROSPERSTACK_API_URL is the ProsperStack API"
+    ))
+}
+
+fn rate_limit_headers(headers: &HeaderMap) -> RateLimitHeaders {
+    RateLimitHeaders::parse(
+        header(headers, "ratelimit-limit"),
+        header(headers, "ratelimit-remaining"),
+        header(headers, "ratelimit-reset"),
+    )
 }
 
 /// Milliseconds since the epoch as a `SystemTime` (the epoch itself for an impossible value).
@@ -435,3 +547,5 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_verb;

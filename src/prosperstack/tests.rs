@@ -16,12 +16,12 @@ use serde_json::json;
 use super::*;
 use crate::clock::{Clock, SimulatedClock, TokioClock};
 
-const SECRET: &str = "key_test_SECRETSECRET";
+pub(super) const SECRET: &str = "key_test_SECRETSECRET";
 
 /// Requests the fake API saw, as "METHOD /path?query" (raw, as sent on the wire).
-type Seen = Arc<Mutex<Vec<String>>>;
+pub(super) type Seen = Arc<Mutex<Vec<String>>>;
 
-fn seen(log: &Seen) -> Vec<String> {
+pub(super) fn seen(log: &Seen) -> Vec<String> {
     log.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
@@ -45,7 +45,7 @@ async fn check_auth(State(log): State<Seen>, request: Request, next: Next) -> Re
 }
 
 /// Serves `routes` under `/prefix` on an ephemeral port; returns the base URL and request log.
-async fn serve(routes: Router) -> (Url, Seen) {
+pub(super) async fn serve(routes: Router) -> (Url, Seen) {
     let log: Seen = Arc::default();
     let app = Router::new()
         .nest("/prefix", routes)
@@ -59,14 +59,14 @@ async fn serve(routes: Router) -> (Url, Seen) {
     (base, log)
 }
 
-struct Rig {
-    client: Client,
-    metrics: Arc<Metrics>,
-    clock: Arc<SimulatedClock>,
+pub(super) struct Rig {
+    pub(super) client: Client,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) clock: Arc<SimulatedClock>,
 }
 
 /// A client for `base` with SECRET, a simulated-time budget of 100/min and fresh metrics.
-fn rig(base: Url, key: &str, timeout: Duration) -> Rig {
+pub(super) fn rig(base: Url, key: &str, timeout: Duration) -> Rig {
     let clock = Arc::new(SimulatedClock::new());
     let budget = Arc::new(Budget::new(100, Duration::from_secs(60), clock.clone()));
     let metrics = Arc::new(Metrics::new());
@@ -84,7 +84,7 @@ fn property(key: &str) -> serde_json::Value {
            "type": "text", "format": null})
 }
 
-fn subscriber(id: &str, email: &str) -> serde_json::Value {
+pub(super) fn subscriber(id: &str, email: &str) -> serde_json::Value {
     json!({"id": id, "email": email, "name": "Jane Doe", "status": "active",
            "properties": [{"property": property("plan"), "value": "pro"}]})
 }
@@ -249,7 +249,7 @@ async fn list_subscribers_pages_by_cursor() {
     );
 }
 
-/// An update uses UPDATE_SUBSCRIBER_METHOD on the escaped id with {"properties": …}, and
+/// An update uses the default verb (PUT) on the escaped id with {"properties": …}, and
 /// metrics carry the template, never the id.
 #[tokio::test]
 async fn update_subscriber_sends_properties() {
@@ -280,7 +280,8 @@ async fn update_subscriber_sends_properties() {
         sent,
         Some(json!({"properties": {"plan": "enterprise", "nickname": null}}))
     );
-    let method = UPDATE_SUBSCRIBER_METHOD.as_str();
+    let method = rig.client.update_method().as_str();
+    assert_eq!(method, "PUT");
     assert_eq!(
         seen(&log),
         [format!("{method} /prefix/v1/subscribers/subr_7%2Fx")]

@@ -2,8 +2,8 @@
 //! what replaying a dead letter puts back in the queue.
 //!
 //! In: normalised updates, the raw JSON of queued events, dead letters. Out: the text a store
-//! keeps ([`Encoded`], [`to_json`], [`dead_letter_events`]) and the updates a replay queues
-//! ([`replay`]).
+//! keeps ([`Encoded`], [`to_json`], [`dead_letter_events`]), an email's key and spelling
+//! ([`Email`]) and the updates a replay queues ([`replay`]).
 //! Stays true: a store reading back what it wrote gets the same values ([`from_json`] fails
 //! only on text the relay never wrote, as [`StoreError::Corrupt`]); both backends queue the
 //! same events for the same dead letter.
@@ -12,6 +12,20 @@ use serde_json::Value;
 
 use super::{DeadLetter, Incoming, StoreError};
 use crate::identify::{self, Event, IdentifyUpdate};
+
+/// An email as the queue keeps it: its key, and the spelling it was sent with when that differs.
+pub(super) struct Email<'a> {
+    pub key: String,
+    pub spelling: Option<&'a str>,
+}
+
+impl Email<'_> {
+    pub fn sent_as(sent: &str) -> Email<'_> {
+        let key = identify::email_key(sent);
+        let spelling = (key != sent).then_some(sent);
+        Email { key, spelling }
+    }
+}
 
 /// An update's traits and Engage computation as stored, encoded before they reach a store's
 /// writer (the one place every commit waits for).

@@ -13,6 +13,9 @@
 //! - **Email memory.** An Identify with no email takes the one last stored for its `userId`;
 //!   with an email, that email is remembered for the `userId`. A `delete` forgets the user's
 //!   email, their queued events and what was applied for that email.
+//! - **Emails.** The queue, the remembered emails' use, applied timestamps and dead letters are
+//!   keyed by [`crate::identify::email_key`] (trimmed, lowercased): one job per person whatever
+//!   the case Segment sent; each event keeps the spelling it was sent with, for look-ups.
 //! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
 //!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
 //!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
@@ -110,7 +113,11 @@ pub struct QueuedEvent {
 /// Everything queued for one email.
 #[derive(Clone, Debug)]
 pub struct Job {
+    /// The email's key ([`crate::identify::email_key`]): one job per person whatever the case.
     pub email: String,
+    /// Other spellings the queued events were sent with (latest first), for look-ups by an
+    /// API whose email filter may compare exactly.
+    pub spellings: Vec<String>,
     pub attempts: u32,
     pub first_queued_ms: i64,
     /// When delivery first found no subscriber with this email.
@@ -151,7 +158,52 @@ pub enum JobOutcome {
         error: String,
     },
     /// Give up: the events become one dead letter.
-    DeadLetter { reason: String, attempts: u32 },
+    DeadLetter {
+        reason: String,
+        attempts: u32,
+        cause: DeadLetterCause,
+    },
+}
+
+/// Why work became a dead letter: a closed set, for metrics and for sorting dead letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterCause {
+    /// No subscriber had the email by the end of `subscriber_wait`.
+    NoSubscriber,
+    /// ProsperStack refused the update (a 4xx other than 401/403/404/429).
+    Rejected,
+    /// ProsperStack refused one property's value; the rest of the update went.
+    PropertyRefused,
+    /// 5xx, timeouts or a refused key for longer than `retry_window`.
+    RetriesExhausted,
+    /// Written before causes were recorded.
+    Unknown,
+}
+
+impl DeadLetterCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterCause::NoSubscriber => "no_subscriber",
+            DeadLetterCause::Rejected => "rejected",
+            DeadLetterCause::PropertyRefused => "property_refused",
+            DeadLetterCause::RetriesExhausted => "retries_exhausted",
+            DeadLetterCause::Unknown => "unknown",
+        }
+    }
+
+    /// The cause a stored name stands for (`Unknown` for none or an unknown one).
+    pub fn parse(name: Option<&str>) -> DeadLetterCause {
+        [
+            DeadLetterCause::NoSubscriber,
+            DeadLetterCause::Rejected,
+            DeadLetterCause::PropertyRefused,
+            DeadLetterCause::RetriesExhausted,
+        ]
+        .into_iter()
+        .find(|c| Some(c.as_str()) == name)
+        .unwrap_or(DeadLetterCause::Unknown)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -161,19 +213,48 @@ pub struct JobResult {
     pub outcome: JobOutcome,
 }
 
-/// Queue figures for metrics and readiness.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Queue figures for metrics, status and progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct QueueStats {
     pub events: u64,
     pub subscribers: u64,
     pub oldest_received_ms: Option<i64>,
+    /// Never attempted yet: the live backlog (due now, or within the coalescing delay).
+    pub due: StateStats,
+    /// Found no subscriber with the email yet: retried on the waiting schedule.
+    pub waiting: StateStats,
+    /// Failed (5xx, timeout, 429, refused key) and retried with backoff.
+    pub retrying: StateStats,
     pub dead_letters: u64,
+    /// What the store takes on disk (files of the data directory, or the database's size).
+    pub bytes: u64,
+}
+
+impl QueueStats {
+    /// The three states with their names as metrics and status show them.
+    pub fn states(&self) -> [(&'static str, StateStats); 3] {
+        [
+            ("due", self.due),
+            ("waiting", self.waiting),
+            ("retrying", self.retrying),
+        ]
+    }
+}
+
+/// One state's share of the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateStats {
+    pub subscribers: u64,
+    pub events: u64,
+    /// When the oldest event in this state arrived.
+    pub oldest_received_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub email: String,
+    pub cause: DeadLetterCause,
     pub reason: String,
     pub attempts: u32,
     pub created_ms: i64,
@@ -181,6 +262,15 @@ pub struct DeadLetter {
     pub properties: Map<String, Value>,
     /// The original events' JSON.
     pub events: Vec<Value>,
+}
+
+/// A status document as a serving process saved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedStatus {
+    pub replica: String,
+    pub saved_ms: i64,
+    /// The JSON of [`crate::status::Status`].
+    pub body: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,13 +365,15 @@ pub trait Store: Send + Sync + 'static {
     /// When the next job falls due, if any is queued.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     /// Records the results of delivery attempts, all in one transaction, if `lease` is still
-    /// current ([`StoreError::LeaseLost`] otherwise, and nothing is recorded).
+    /// current ([`StoreError::LeaseLost`] otherwise, and nothing is recorded); answers the ids
+    /// of the dead letters it created, in the order of the results (within one, its refused
+    /// properties first).
     async fn finish(
         &self,
         lease: &Lease,
         results: Vec<JobResult>,
         now_ms: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<i64>, StoreError>;
     async fn stats(&self) -> Result<QueueStats, StoreError>;
     /// A real round trip (write and read) for readiness, writing `now_ms`.
     async fn ping(&self, now_ms: i64) -> Result<(), StoreError>;
@@ -295,6 +387,17 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<usize, StoreError>;
     async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError>;
+    /// Saves a serving process's status document (JSON), replacing its previous one, and
+    /// forgets those of processes silent since `forget_before_ms`.
+    async fn save_status(
+        &self,
+        replica: String,
+        body: String,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The saved status documents, the most recent first.
+    async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError>;
     /// Takes the delivery lease for `holder`, or renews it if `holder` has it unexpired, until
     /// `ttl` from now; `None` while another holder has it.
     async fn acquire_lease(

@@ -42,8 +42,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::codec::Encoded;
 use super::{
-    BudgetSnapshot, DeadLetter, Incoming, IngestOutcome, Job, JobResult, Lease, QueueStats, Store,
-    StoreError, StoreOptions,
+    BudgetSnapshot, DeadLetter, Incoming, IngestOutcome, Job, JobResult, Lease, QueueStats,
+    SavedStatus, Store, StoreError, StoreOptions,
 };
 use crate::clock::millis;
 
@@ -272,12 +272,13 @@ impl Store for PostgresStore {
         lease: &Lease,
         results: Vec<JobResult>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lease::check(&tx, lease).await?;
-        queue::finish(&tx, &self.options, results, now_ms).await?;
-        commit(tx).await
+        let dead_letters = queue::finish(&tx, &self.options, results, now_ms).await?;
+        commit(tx).await?;
+        Ok(dead_letters)
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -340,6 +341,51 @@ impl Store for PostgresStore {
         )
         .await?;
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+
+    async fn save_status(
+        &self,
+        replica: String,
+        body: String,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        exec(
+            &tx,
+            "INSERT INTO status (replica, saved_ms, body) VALUES ($1, $2, $3)
+             ON CONFLICT (replica) DO UPDATE SET saved_ms = excluded.saved_ms,
+             body = excluded.body",
+            &[&text(&replica), &now_ms, &text(&body)],
+        )
+        .await?;
+        exec(
+            &tx,
+            "DELETE FROM status WHERE saved_ms < $1",
+            &[&forget_before_ms],
+        )
+        .await?;
+        commit(tx).await
+    }
+
+    async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError> {
+        let client = self.client().await?;
+        rows(
+            &client,
+            "SELECT replica, saved_ms, body FROM status ORDER BY saved_ms DESC",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SavedStatus {
+                replica: r.try_get(0)?,
+                saved_ms: r.try_get(1)?,
+                body: r.try_get(2)?,
+            })
+        })
+        .collect()
     }
 
     async fn acquire_lease(

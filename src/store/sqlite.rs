@@ -20,15 +20,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::codec::{self, from_json, to_json, Encoded};
+use super::codec::{self, from_json, to_json, Email, Encoded};
 use super::{
-    BudgetSnapshot, DeadLetter, Incoming, IngestOutcome, Job, JobOutcome, JobResult, Lease,
-    QueueStats, QueuedEvent, Store, StoreError, StoreOptions,
+    BudgetSnapshot, DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome,
+    JobResult, Lease, QueueStats, QueuedEvent, SavedStatus, StateStats, Store, StoreError,
+    StoreOptions,
 };
 use crate::clock::millis;
-use crate::identify::{Engage, Event, IdentifyUpdate};
+use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
 mod lease;
+mod read;
 mod schema;
 
 /// The schema's steps, for the contract's schema cases.
@@ -46,6 +48,8 @@ type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     reader: Arc<std::sync::Mutex<Connection>>,
+    /// The data directory, for the store's size on disk.
+    dir: Arc<PathBuf>,
 }
 
 impl SqliteStore {
@@ -115,6 +119,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             ops: tx,
             reader: Arc::new(std::sync::Mutex::new(reader)),
+            dir: Arc::new(dir.to_path_buf()),
         })
     }
 
@@ -274,23 +279,24 @@ impl Store for SqliteStore {
         lease: &Lease,
         results: Vec<JobResult>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let lease = lease.clone();
         self.call(move |c, o| {
             lease::check(c, &lease, now_ms)?;
+            let mut dead_letters = Vec::new();
             for result in &results {
-                finish_one(c, o, result, now_ms)?;
+                dead_letters.extend(finish_one(c, o, result, now_ms)?);
             }
-            Ok(())
+            Ok(dead_letters)
         })
         .await
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let reader = self.reader.clone();
+        let (reader, dir) = (self.reader.clone(), self.dir.clone());
         tokio::task::spawn_blocking(move || {
             let c = reader.lock().unwrap_or_else(|p| p.into_inner());
-            queue_stats(&c)
+            queue_stats(&c, &dir)
         })
         .await
         .map_err(|_| StoreError::Closed)?
@@ -347,6 +353,47 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_status(
+        &self,
+        replica: String,
+        body: String,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c, _| {
+            c.prepare_cached(
+                "INSERT INTO status (replica, saved_ms, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(replica) DO UPDATE SET saved_ms = excluded.saved_ms,
+                 body = excluded.body",
+            )?
+            .execute(params![replica, now_ms, body])?;
+            c.prepare_cached("DELETE FROM status WHERE saved_ms < ?1")?
+                .execute([forget_before_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = c.prepare_cached(
+                "SELECT replica, saved_ms, body FROM status ORDER BY saved_ms DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(SavedStatus {
+                    replica: r.get(0)?,
+                    saved_ms: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     async fn purge_dead_letters(&self, created_before_ms: i64) -> Result<usize, StoreError> {
         self.call(move |c, _| {
             Ok(c.execute(
@@ -391,7 +438,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn queue_stats(c: &Connection) -> Result<QueueStats, StoreError> {
+fn queue_stats(c: &Connection, dir: &Path) -> Result<QueueStats, StoreError> {
     let events: i64 = c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
     // Ids grow with arrival, so the oldest event is the first by id: no scan needed.
     let oldest: Option<i64> = c
@@ -403,46 +450,89 @@ fn queue_stats(c: &Connection) -> Result<QueueStats, StoreError> {
         .optional()?;
     let subscribers: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
     let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
-    Ok(QueueStats {
+    let mut stats = QueueStats {
         events: events as u64,
         subscribers: subscribers as u64,
         oldest_received_ms: oldest,
         dead_letters: dead as u64,
-    })
+        bytes: bytes_on_disk(dir),
+        ..QueueStats::default()
+    };
+    for (state, figures) in state_stats(c)? {
+        match state {
+            STATE_WAITING => stats.waiting = figures,
+            STATE_RETRYING => stats.retrying = figures,
+            _ => stats.due = figures,
+        }
+    }
+    Ok(stats)
+}
+
+const STATE_DUE: i64 = 0;
+const STATE_WAITING: i64 = 1;
+const STATE_RETRYING: i64 = 2;
+
+/// Subscribers, events and the oldest arrival per state. One pass over the jobs; each job's
+/// events are counted on the `events(email, id)` index, and its oldest is its first by id.
+fn state_stats(c: &Connection) -> Result<Vec<(i64, StateStats)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT state, COUNT(*), SUM(n), MIN(oldest) FROM (
+            SELECT CASE WHEN j.waiting_since_ms IS NOT NULL THEN ?1
+                        WHEN j.attempts > 0 THEN ?2 ELSE ?3 END AS state,
+                   (SELECT COUNT(*) FROM events e WHERE e.email = j.email) AS n,
+                   (SELECT received_ms FROM events e WHERE e.email = j.email
+                    ORDER BY id LIMIT 1) AS oldest
+            FROM jobs j)
+         GROUP BY state",
+    )?;
+    let rows = stmt.query_map(params![STATE_WAITING, STATE_RETRYING, STATE_DUE], |r| {
+        let figures = StateStats {
+            subscribers: r.get::<_, i64>(1)? as u64,
+            events: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            oldest_received_ms: r.get(3)?,
+        };
+        Ok((r.get::<_, i64>(0)?, figures))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The store's files: the database, its write-ahead log and shared memory.
+fn bytes_on_disk(dir: &Path) -> u64 {
+    ["relay.db", "relay.db-wal", "relay.db-shm"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn read_dead_letters(c: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, email, reason, attempts, created_ms, properties, events
+        "SELECT id, email, cause, reason, attempts, created_ms, properties, events
          FROM dead_letters ORDER BY id",
     )?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
+            let letter = DeadLetter {
+                id: r.get(0)?,
+                email: r.get(1)?,
+                cause: DeadLetterCause::parse(r.get::<_, Option<String>>(2)?.as_deref()),
+                reason: r.get(3)?,
+                attempts: r.get(4)?,
+                created_ms: r.get(5)?,
+                properties: Map::new(),
+                events: Vec::new(),
+            };
+            Ok((letter, r.get::<_, String>(6)?, r.get::<_, String>(7)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(
-            |(id, email, reason, attempts, created_ms, properties, events)| {
-                Ok(DeadLetter {
-                    id,
-                    email,
-                    reason,
-                    attempts,
-                    created_ms,
-                    properties: from_json(&properties)?,
-                    events: from_json(&events)?,
-                })
-            },
-        )
+        .map(|(letter, properties, events)| {
+            Ok(DeadLetter {
+                properties: from_json(&properties)?,
+                events: from_json(&events)?,
+                ..letter
+            })
+        })
         .collect()
 }
 
@@ -471,7 +561,7 @@ fn ingest_one(
 ) -> Result<IngestOutcome, StoreError> {
     match (&incoming.event, encoded) {
         (Event::Identify(update), Some(encoded)) => {
-            let email = match (&update.email, &update.user_id) {
+            let sent = match (&update.email, &update.user_id) {
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(c, user)? {
                     Some(e) => e,
@@ -483,6 +573,7 @@ fn ingest_one(
             if !claim_message_id(c, &update.message_id, now_ms)? {
                 return Ok(IngestOutcome::Duplicate);
             }
+            let email = Email::sent_as(&sent);
             enqueue(c, o, update, encoded, &email, &incoming.raw, now_ms)?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
                 c.prepare_cached(
@@ -516,17 +607,19 @@ fn enqueue(
     o: &StoreOptions,
     update: &IdentifyUpdate,
     encoded: &Encoded,
-    email: &str,
+    email: &Email<'_>,
     raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO events (message_id, email, user_id, ts_ms, received_ms, traits, engage, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO events (message_id, email, sent_email, user_id, ts_ms, received_ms, traits,
+                             engage, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         update.message_id,
-        email,
+        email.key,
+        email.spelling,
         update.user_id,
         update.timestamp_ms,
         now_ms,
@@ -534,6 +627,7 @@ fn enqueue(
         encoded.engage,
         raw
     ])?;
+    let email = email.key.as_str();
     // An existing job keeps its schedule: new events must not cut short a backoff.
     c.prepare_cached(
         "INSERT OR IGNORE INTO jobs (email, next_attempt_ms, first_queued_ms) VALUES (?1, ?2, ?3)",
@@ -543,7 +637,7 @@ fn enqueue(
 }
 
 fn forget_user(c: &Connection, user_id: &str) -> Result<(), StoreError> {
-    let email = remembered_email(c, user_id)?;
+    let email = remembered_email(c, user_id)?.map(|e| identify::email_key(&e));
     c.execute("DELETE FROM user_emails WHERE user_id = ?1", [user_id])?;
     c.execute("DELETE FROM events WHERE user_id = ?1", [user_id])?;
     if let Some(email) = &email {
@@ -582,11 +676,22 @@ fn load_job(
     Ok(Job {
         events: queued_events(c, &email)?,
         applied: applied(c, &email)?,
+        spellings: spellings(c, &email)?,
         email,
         attempts,
         first_queued_ms,
         waiting_since_ms,
     })
+}
+
+/// The spellings an email's queued events were sent with, other than its key, latest first.
+fn spellings(c: &Connection, email: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT sent_email FROM events WHERE email = ?1 AND sent_email IS NOT NULL
+         GROUP BY sent_email ORDER BY MAX(id) DESC",
+    )?;
+    let rows = stmt.query_map([email], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn queued_events(c: &Connection, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {
@@ -623,13 +728,15 @@ fn applied(c: &Connection, email: &str) -> Result<HashMap<String, i64>, StoreErr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Records one result; answers the ids of the dead letters it created.
 fn finish_one(
     c: &Connection,
     o: &StoreOptions,
     result: &JobResult,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let email = result.email.as_str();
+    let mut dead_letters = Vec::new();
     match &result.outcome {
         JobOutcome::RetryAt {
             at_ms,
@@ -642,7 +749,7 @@ fn finish_one(
                  last_error = ?5 WHERE email = ?1",
                 params![email, at_ms, attempts, waiting_since_ms, error],
             )?;
-            return Ok(());
+            return Ok(dead_letters);
         }
         JobOutcome::Delivered {
             applied,
@@ -660,18 +767,44 @@ fn finish_one(
             for r in rejected {
                 let mut props = Map::new();
                 props.insert(r.key.clone(), r.value.clone());
-                add_dead_letter(c, result, &r.reason, *attempts, &props, now_ms)?;
+                let letter = Letter {
+                    cause: DeadLetterCause::PropertyRefused,
+                    reason: &r.reason,
+                    attempts: *attempts,
+                    properties: &props,
+                };
+                dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
             }
         }
-        JobOutcome::DeadLetter { reason, attempts } => {
-            add_dead_letter(c, result, reason, *attempts, &Map::new(), now_ms)?;
+        JobOutcome::DeadLetter {
+            reason,
+            attempts,
+            cause,
+        } => {
+            let letter = Letter {
+                cause: *cause,
+                reason,
+                attempts: *attempts,
+                properties: &Map::new(),
+            };
+            dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
         }
     }
     c.execute(
         "DELETE FROM events WHERE email = ?1 AND id <= ?2",
         params![email, result.up_to_event_id],
     )?;
-    settle_job(c, o, email, now_ms)
+    settle_job(c, o, email, now_ms)?;
+    Ok(dead_letters)
+}
+
+/// What a new dead letter says beside its events.
+struct Letter<'a> {
+    cause: DeadLetterCause,
+    reason: &'a str,
+    attempts: u32,
+    /// The properties concerned (`{}` when the whole update failed).
+    properties: &'a Map<String, Value>,
 }
 
 /// After events left the queue: drop the job if nothing remains, else make it due again
@@ -699,14 +832,13 @@ fn settle_job(
     Ok(())
 }
 
+/// Moves a result's events into a new dead letter; answers its id.
 fn add_dead_letter(
     c: &Connection,
     result: &JobResult,
-    reason: &str,
-    attempts: u32,
-    properties: &Map<String, Value>,
+    letter: &Letter<'_>,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let mut stmt =
         c.prepare_cached("SELECT raw FROM events WHERE email = ?1 AND id <= ?2 ORDER BY id")?;
     let raws = stmt
@@ -716,18 +848,19 @@ fn add_dead_letter(
         .collect::<Result<Vec<_>, _>>()?;
     let events = codec::dead_letter_events(&raws);
     c.execute(
-        "INSERT INTO dead_letters (email, reason, attempts, created_ms, properties, events)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO dead_letters (email, cause, reason, attempts, created_ms, properties, events)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             result.email,
-            reason,
-            attempts,
+            letter.cause.as_str(),
+            letter.reason,
+            letter.attempts,
             now_ms,
-            to_json(properties)?,
+            to_json(letter.properties)?,
             to_json(&events)?
         ],
     )?;
-    Ok(())
+    Ok(c.last_insert_rowid())
 }
 
 /// Puts a dead letter back in the queue under its email (what it queues: [`codec::replay`]).
@@ -738,8 +871,11 @@ fn requeue(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     for (update, raw) in codec::replay(letter, now_ms)? {
+        // The spelling the event was sent with, as the first time (an email-less event was
+        // queued under the letter's key).
+        let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
         let encoded = Encoded::of(&update)?;
-        enqueue(c, o, &update, &encoded, &letter.email, &raw, now_ms)?;
+        enqueue(c, o, &update, &encoded, &email, &raw, now_ms)?;
     }
     // A job that was waiting keeps its place; a replay should be tried now.
     c.execute(

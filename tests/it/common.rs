@@ -60,6 +60,8 @@ pub struct TestRelay {
     task: Option<tokio::task::JoinHandle<Result<(), prosperstack_relay::app::AppError>>>,
     _tmp: Option<tempfile::TempDir>,
     http: reqwest::Client,
+    /// Everything the relay logged, at trace level; checked for emails when the relay is dropped.
+    pub logs: LogCapture,
 }
 
 /// Settings for a relay against `sandbox_url`, with test-friendly timings, overridden by `extra`.
@@ -106,6 +108,9 @@ impl TestRelay {
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let data_dir = settings.data_dir.clone();
+        // Before the relay's first task: tests run on one thread, so every task of the relay
+        // logs to this capture.
+        let logs = LogCapture::start();
         let task = tokio::spawn(prosperstack_relay::app::run(
             settings,
             listener,
@@ -118,6 +123,7 @@ impl TestRelay {
             task: Some(task),
             _tmp: None,
             http: reqwest::Client::new(),
+            logs,
         }
     }
 
@@ -179,7 +185,72 @@ impl TestRelay {
 impl Drop for TestRelay {
     fn drop(&mut self) {
         self.stop.cancel();
+        // Every in-process test doubles as a check that no email reaches a log, at any level.
+        let text = self.logs.text();
+        let leaks: Vec<&str> = text.lines().filter(|l| contains_email(l)).collect();
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!("emails in the relay's log:\n{}", leaks.join("\n"));
+        }
     }
+}
+
+/// The log lines a test's relay wrote, at trace level, for this thread (the test's runtime).
+pub struct LogCapture {
+    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    pub fn start() -> LogCapture {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        LogCapture {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let bytes = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `line` holds something shaped like an email address (`local@domain.tld`).
+pub fn contains_email(line: &str) -> bool {
+    let is_local = |c: char| c.is_ascii_alphanumeric() || "._%+-".contains(c);
+    let is_domain = |c: char| c.is_ascii_alphanumeric() || ".-".contains(c);
+    line.match_indices('@').any(|(at, _)| {
+        let local = line[..at]
+            .chars()
+            .rev()
+            .take_while(|c| is_local(*c))
+            .count();
+        let domain: String = line[at + 1..]
+            .chars()
+            .take_while(|c| is_domain(*c))
+            .collect();
+        local > 0 && domain.trim_end_matches('.').contains('.')
+    })
 }
 
 /// Polls `check` until it answers true or `limit` passes; answers whether it did.

@@ -5,18 +5,26 @@
 //! - [`relay`]: end to end, Segment-shaped requests in, sandbox properties out.
 //! - [`reliability`]: latest wins, dedupe, waiting subscribers, outages, dead letters, deletion.
 //! - [`coalesce`] and [`efficiency`]: spending the budget well.
+//! - [`emails`]: one person whatever the case of their email.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
+//! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
+//! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
+//! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
 mod coalesce;
 mod common;
 mod crash;
 mod efficiency;
+mod emails;
 mod latest_wins;
 mod operations;
+mod operators;
+mod preview;
 mod relay;
 mod reliability;
+mod update_verb;
 mod upgrade;

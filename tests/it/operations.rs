@@ -69,7 +69,7 @@ async fn healthcheck_exits_1_when_nothing_listens() {
 async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
     let sb = start_sandbox(SandboxConfig {
         rate_limit_requests: 1,
-        rate_limit_window: Duration::from_secs(10),
+        rate_limit_window: Duration::from_secs(60),
         ..SandboxConfig::default()
     })
     .await;
@@ -77,9 +77,10 @@ async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
         &sb.url,
         &[
             ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "1"),
-            ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "10"),
-            // Long enough that a loaded machine's polls still see the drain in progress.
-            ("RELAY_DRAIN_DEADLINE", "8s"),
+            ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "60"),
+            // Long enough that a loaded machine's polls still see the drain in progress;
+            // delivery, waiting for the window, holds the drain open until then.
+            ("RELAY_DRAIN_DEADLINE", "12s"),
         ],
     )
     .await;
@@ -110,7 +111,7 @@ async fn readyz_flips_to_503_on_drain_while_healthz_stays_200() {
         (200, json!(2)),
         "{answer}"
     );
-    // The first upstream request spends the window: delivery now waits ~10 s for the next.
+    // The first upstream request spends the window: delivery now waits a minute for the next, longer than the drain deadline.
     assert!(
         eventually(PATIENCE, || async {
             sb.sandbox.stats().requests_total >= 1
@@ -620,4 +621,71 @@ async fn healthcheck_honours_listen_from_the_config_file() {
         done.stdout,
         done.stderr
     );
+}
+
+/// `check-config` and `serve` refuse, with exit 2 and one line naming `RELAY_DATA_DIR` and the
+/// path, a data directory this user cannot write (where permissions can stop this user) and one
+/// that cannot be created.
+#[tokio::test]
+async fn unwritable_data_dir_stops_check_config_and_serve() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let read_only = tmp.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let mut dirs = vec![tmp.path().join("a-file").join("data")];
+    std::fs::write(tmp.path().join("a-file"), b"").unwrap();
+    if std::fs::write(read_only.join("probe"), b"").is_ok() {
+        eprintln!("notice: permissions do not stop this user's writes (root?); the read-only data directory case is skipped");
+    } else {
+        dirs.push(read_only.clone());
+    }
+    for dir in &dirs {
+        for subcommand in ["check-config", "serve"] {
+            let mut cmd = relay_command(&[subcommand]);
+            cmd.env("PROSPERSTACK_API_KEY", "key_test_sandbox")
+                .env("RELAY_LISTEN", "127.0.0.1:0")
+                .env("RELAY_DATA_DIR", dir);
+            let done = run_to_exit(cmd, PATIENCE).await;
+            assert_eq!(done.status.code(), Some(2), "{subcommand}: {}", done.stderr);
+            assert_one_line_naming(&done.stderr, "data_dir (RELAY_DATA_DIR)");
+            assert!(
+                done.stderr.contains(&dir.display().to_string()),
+                "{}",
+                done.stderr
+            );
+        }
+    }
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `/metrics` on the main listener's address is refused by `check-config` and `serve` alike.
+#[tokio::test]
+async fn metrics_listen_equal_to_listen_stops_check_config_and_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    for subcommand in ["check-config", "serve"] {
+        let mut cmd = relay_command(&[subcommand]);
+        cmd.env("PROSPERSTACK_API_KEY", "key_test_sandbox")
+            .env("RELAY_LISTEN", &addr)
+            .env("RELAY_METRICS_LISTEN", &addr)
+            .env("RELAY_DATA_DIR", tmp.path().join("data"));
+        let done = run_to_exit(cmd, PATIENCE).await;
+        assert_eq!(done.status.code(), Some(2), "{subcommand}: {}", done.stderr);
+        assert_one_line_naming(&done.stderr, "metrics_listen (RELAY_METRICS_LISTEN)");
+    }
+}
+
+/// `healthcheck` needs no secrets: an unreadable key file (as in a container where only the
+/// relay's user may read it) does not fail it.
+#[tokio::test]
+async fn healthcheck_ignores_unreadable_secrets() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let mut cmd = relay_command(&["healthcheck"]);
+    cmd.env("RELAY_LISTEN", format!("0.0.0.0:{}", port_of(&relay.url)))
+        .env("PROSPERSTACK_API_KEY_FILE", "/no/such/secret")
+        .env("SEGMENT_SHARED_SECRET_FILE", "/no/such/secret");
+    let done = run_to_exit(cmd, PATIENCE).await;
+    assert!(done.status.success(), "{:?}: {}", done.status, done.stderr);
 }

@@ -47,6 +47,82 @@ async fn seeds_nested_example_lands_with_mappings() {
     assert_eq!(sb.sandbox.stats().subscriber_updates, 1);
 }
 
+/// Log lines written while a test runs, for asserting on what was logged.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = self.0.lock() {
+            log.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        let log = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&log)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A configured mapping to a key that is no subscriber property is logged at warn, naming the
+/// trait and the key, once each time the catalogue is loaded; a good mapping is not.
+#[tokio::test]
+async fn unknown_mapping_target_is_logged_per_catalogue_load() {
+    use prosperstack_relay::prosperstack::{ApiKey, Client};
+    use prosperstack_relay::{budget::Budget, mapping::CatalogueCache, metrics::Metrics};
+    let sb = demo_sandbox().await;
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let client = Client::new(
+        url::Url::parse(&sb.url).unwrap(),
+        ApiKey::parse("key_test_sandbox").unwrap(),
+        std::sync::Arc::new(Budget::new(
+            1000,
+            Duration::from_secs(1),
+            prosperstack_relay::clock::TokioClock::shared(),
+        )),
+        std::sync::Arc::new(Metrics::new()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mappings = [("Nickname", "preferred_nmae"), ("Favourite plan", "plan")]
+        .iter()
+        .map(|(t, k)| (t.to_string(), k.to_string()))
+        .collect();
+    // Refreshed on every get: each get is a load.
+    let cache = CatalogueCache::new(
+        Duration::ZERO,
+        mappings,
+        prosperstack_relay::clock::TokioClock::shared(),
+    );
+    cache.get(&client).await.unwrap();
+    let warned = log.lines_with("preferred_nmae");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("Nickname"),
+        "{warned:?}"
+    );
+    assert!(log.lines_with("Favourite plan").is_empty());
+    cache.get(&client).await.unwrap();
+    assert_eq!(log.lines_with("preferred_nmae").len(), 2);
+}
+
 /// Engage: entering an audience sets the property true, exiting sets it false.
 #[tokio::test]
 async fn engage_audience_entered_then_exited() {

@@ -335,6 +335,26 @@ async fn refused_property_dead_letters_only_that_property() {
         reason.contains(r#"Invalid value for property "preferred_name": expected a number"#),
         "{reason}"
     );
+    assert_eq!(letter["cause"], json!("property_refused"));
+
+    // The counter moves by cause, and the log says which dead letter to replay.
+    let (_, metrics) = relay.get("/metrics").await;
+    let counted = r#"relay_dead_lettered_total{reason="property_refused"} 1"#;
+    assert!(metrics.contains(counted), "{metrics}");
+    let id = letter["id"].as_i64().expect("an id");
+    let logs = relay.logs.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("became a dead letter"))
+        .unwrap_or_else(|| panic!("no dead letter in the log:\n{logs}"));
+    assert!(
+        line.contains("WARN") && line.contains(&format!("dead_letter={id}")),
+        "{line}"
+    );
+    assert!(
+        line.contains("property=\"preferred_name\"") || line.contains("property=preferred_name"),
+        "{line}"
+    );
 }
 
 /// `dead-letters replay --all` beside a running relay applies the refused value, now typed.

@@ -254,6 +254,11 @@ impl Sandbox {
         found.map(|s| state.subscriber_view(s))
     }
 
+    /// Every live property of both entities, in creation order, as `GET /v1/properties` lists them.
+    pub fn properties(&self) -> Vec<PropertyView> {
+        self.state().live_properties().map(|p| p.view()).collect()
+    }
+
     /// Every subscriber, in creation order.
     pub fn subscribers(&self) -> Vec<SubscriberView> {
         let state = self.state();

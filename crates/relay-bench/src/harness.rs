@@ -198,9 +198,9 @@ mod tests {
             &["RELAY_COALESCE_DELAY=2s".into()],
         )
         .expect("settings");
-        assert_eq!(s.coalesce_delay, Duration::from_secs(2));
-        assert_eq!(s.rate_limit_requests, 100);
-        assert_eq!(s.rate_limit_window, Duration::from_secs(1));
+        assert_eq!(s.delivery.coalesce_delay, Duration::from_secs(2));
+        assert_eq!(s.prosperstack.rate_limit_requests, 100);
+        assert_eq!(s.prosperstack.rate_limit_window, Duration::from_secs(1));
         assert!(relay_settings("http://127.0.0.1:1", &dir, limit, &["nope".into()]).is_err());
     }
 }

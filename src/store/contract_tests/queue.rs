@@ -5,7 +5,10 @@ use serde_json::json;
 
 use super::backends::Backend;
 use super::support::{delete, delivered, deliverer, finish, identify, incoming};
-use crate::store::{IngestOutcome, JobOutcome, QueueStats, RejectedProperty, Store, StoreOptions};
+use crate::store::{
+    DeadLetterCause, IngestOutcome, JobOutcome, JobResult, QueueStats, RejectedProperty,
+    StateStats, Store, StoreOptions,
+};
 
 contract!(
     stores_and_dedupes,
@@ -20,6 +23,9 @@ contract!(
     property_dead_letter_replays_only_that_property,
     prune_forgets_old_ids,
     stats_count_the_queue,
+    emails_match_whatever_their_case,
+    finish_answers_the_dead_letters_it_made,
+    status_documents_are_kept_per_replica,
     ping_round_trips,
     concurrent_ingests_commit,
     nul_characters_do_not_stop_the_queue,
@@ -86,7 +92,8 @@ async fn delete_forgets_user(b: &impl Backend) {
     let out = s.ingest(vec![delete("d1", "u1")], 8).await.expect("delete");
     assert_eq!(out, [IngestOutcome::Forgotten]);
     assert!(s.due_jobs(100, 10).await.expect("due").is_empty());
-    assert_eq!(s.stats().await.expect("stats"), QueueStats::default());
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(QueueStats { bytes: 0, ..stats }, QueueStats::default());
     let again = s.ingest(vec![delete("d1", "u1")], 9).await.expect("delete");
     assert_eq!(again, [IngestOutcome::Duplicate]);
     let no_email = s
@@ -235,6 +242,7 @@ async fn dead_letter_replay_and_purge(b: &impl Backend) {
     let gone = || JobOutcome::DeadLetter {
         reason: "gone".into(),
         attempts: 9,
+        cause: DeadLetterCause::NoSubscriber,
     };
     s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1)], 5)
         .await
@@ -243,7 +251,11 @@ async fn dead_letter_replay_and_purge(b: &impl Backend) {
     finish(&s, &lease, "a@x.io", job.up_to_event_id(), gone(), 6).await;
     let stats = s.stats().await.expect("stats");
     assert_eq!((stats.events, stats.dead_letters), (0, 1));
-    assert_eq!(s.dead_letters().await.expect("list")[0].reason, "gone");
+    let letter = s.dead_letters().await.expect("list").remove(0);
+    assert_eq!(
+        (letter.reason.as_str(), letter.cause),
+        ("gone", DeadLetterCause::NoSubscriber)
+    );
     assert_eq!(s.replay_dead_letters(None, 10).await.expect("replay"), 1);
     let jobs = s.due_jobs(10, 10).await.expect("due");
     assert_eq!(jobs[0].events[0].message_id, "m1");
@@ -304,31 +316,166 @@ async fn prune_forgets_old_ids(b: &impl Backend) {
     assert_eq!(s.prune(9).await.expect("prune"), 2);
 }
 
-/// The figures count queued events, subscribers with a job, the oldest arrival, dead letters.
+/// The figures count queued events, subscribers with a job, the oldest arrival, dead letters,
+/// the store's size, and each state: due (never tried), retrying, waiting for a subscriber.
 async fn stats_count_the_queue(b: &impl Backend) {
     let s = open(b).await;
     let lease = deliverer(&s).await;
-    assert_eq!(s.stats().await.expect("stats"), QueueStats::default());
-    s.ingest(vec![identify("m1", Some("u1"), Some("a@x.io"), 1)], 5)
-        .await
-        .expect("ingest");
-    let batch = vec![
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(QueueStats { bytes: 0, ..stats }, QueueStats::default());
+    let events = vec![
+        identify("m1", Some("u1"), Some("a@x.io"), 1),
         identify("m2", Some("u2"), Some("b@x.io"), 2),
         identify("m3", Some("u2"), Some("b@x.io"), 3),
     ];
-    s.ingest(batch, 6).await.expect("ingest");
+    for (i, event) in events.into_iter().enumerate() {
+        s.ingest(vec![event], 5 + i as i64).await.expect("ingest");
+    }
+    s.ingest(vec![identify("m4", Some("u3"), Some("c@x.io"), 4)], 8)
+        .await
+        .expect("ingest");
+    s.ingest(vec![identify("m5", Some("u4"), Some("d@x.io"), 5)], 9)
+        .await
+        .expect("ingest");
     let dead = JobOutcome::DeadLetter {
         reason: "gone".into(),
         attempts: 1,
+        cause: DeadLetterCause::Rejected,
     };
-    finish(&s, &lease, "a@x.io", i64::MAX, dead, 7).await;
-    let expected = QueueStats {
-        events: 2,
+    finish(&s, &lease, "a@x.io", i64::MAX, dead, 10).await;
+    let retry = |waiting_since_ms| JobOutcome::RetryAt {
+        at_ms: 100,
+        attempts: 1,
+        waiting_since_ms,
+        error: "503".into(),
+    };
+    finish(&s, &lease, "c@x.io", i64::MAX, retry(None), 10).await;
+    finish(&s, &lease, "d@x.io", i64::MAX, retry(Some(10)), 10).await;
+    let stats = s.stats().await.expect("stats");
+    let one = |events, oldest| StateStats {
         subscribers: 1,
-        oldest_received_ms: Some(6),
-        dead_letters: 1,
+        events,
+        oldest_received_ms: Some(oldest),
     };
-    assert_eq!(s.stats().await.expect("stats"), expected);
+    let expected = QueueStats {
+        events: 4,
+        subscribers: 3,
+        oldest_received_ms: Some(6),
+        due: one(2, 6),
+        retrying: one(1, 8),
+        waiting: one(1, 9),
+        dead_letters: 1,
+        bytes: 0,
+    };
+    assert_eq!(QueueStats { bytes: 0, ..stats }, expected);
+    assert!(stats.bytes > 0);
+}
+
+/// Emails are keys whatever their case: one job per person, found by its key, which remembers
+/// the other spellings its events were sent with, latest first.
+async fn emails_match_whatever_their_case(b: &impl Backend) {
+    let s = open(b).await;
+    let lease = deliverer(&s).await;
+    let batch = vec![
+        identify("m1", Some("u1"), Some("Ann@X.io"), 1),
+        identify("m2", Some("u1"), Some("ann@x.io"), 2),
+        identify("m3", Some("u1"), Some("ANN@x.io"), 3),
+    ];
+    s.ingest(batch, 5).await.expect("ingest");
+    assert_eq!(s.due_emails(10, 10).await.expect("due"), ["ann@x.io"]);
+    let job = s.job("ann@x.io").await.expect("read").expect("one job");
+    assert_eq!(job.events.len(), 3);
+    assert_eq!(job.spellings, ["ANN@x.io", "Ann@X.io"]);
+    finish(
+        &s,
+        &lease,
+        "ann@x.io",
+        job.up_to_event_id(),
+        delivered(&[("plan", 3)]),
+        6,
+    )
+    .await;
+    // The remembered email keeps its spelling; the event it gives is queued under the key.
+    s.ingest(vec![identify("m4", Some("u1"), None, 4)], 7)
+        .await
+        .expect("ingest");
+    let job = s.job("ann@x.io").await.expect("read").expect("the job");
+    assert_eq!(job.spellings, ["ANN@x.io"]);
+    assert_eq!(job.applied.get("plan"), Some(&3));
+}
+
+/// `finish` answers the ids of the dead letters it made, in the order of the results, a
+/// result's refused properties first; each is listed with its cause.
+async fn finish_answers_the_dead_letters_it_made(b: &impl Backend) {
+    let s = open(b).await;
+    let lease = deliverer(&s).await;
+    let batch = vec![
+        identify("m1", Some("u1"), Some("a@x.io"), 1),
+        identify("m2", Some("u2"), Some("b@x.io"), 2),
+    ];
+    s.ingest(batch, 5).await.expect("ingest");
+    let refused = |key: &str| RejectedProperty {
+        key: key.into(),
+        value: json!(1),
+        reason: "400".into(),
+    };
+    let results = vec![
+        JobResult {
+            email: "b@x.io".into(),
+            up_to_event_id: i64::MAX,
+            outcome: JobOutcome::DeadLetter {
+                reason: "no one".into(),
+                attempts: 3,
+                cause: DeadLetterCause::NoSubscriber,
+            },
+        },
+        JobResult {
+            email: "a@x.io".into(),
+            up_to_event_id: i64::MAX,
+            outcome: JobOutcome::Delivered {
+                applied: vec![],
+                rejected: vec![refused("x"), refused("y")],
+                attempts: 1,
+            },
+        },
+    ];
+    let ids = s.finish(&lease, results, 6).await.expect("finish");
+    let letters = s.dead_letters().await.expect("list");
+    let by_id = |id: i64| letters.iter().find(|l| l.id == id).expect("listed");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(by_id(ids[0]).cause, DeadLetterCause::NoSubscriber);
+    assert_eq!(by_id(ids[0]).email, "b@x.io");
+    for (id, key) in ids[1..].iter().zip(["x", "y"]) {
+        assert_eq!(by_id(*id).cause, DeadLetterCause::PropertyRefused);
+        assert!(by_id(*id).properties.contains_key(key));
+    }
+}
+
+/// Each serving process's status document replaces its previous one; those of processes
+/// silent too long are forgotten; the most recent comes first.
+async fn status_documents_are_kept_per_replica(b: &impl Backend) {
+    let s = open(b).await;
+    let save = |replica: &str, body: &str, now: i64, forget: i64| {
+        s.save_status(replica.into(), body.into(), now, forget)
+    };
+    save("a", "{\"n\":1}", 10, 0).await.expect("save");
+    save("b", "{\"n\":2}", 20, 0).await.expect("save");
+    save("a", "{\"n\":3}", 30, 0).await.expect("save");
+    let saved = s.saved_statuses().await.expect("read");
+    let seen: Vec<(&str, i64, &str)> = saved
+        .iter()
+        .map(|d| (d.replica.as_str(), d.saved_ms, d.body.as_str()))
+        .collect();
+    assert_eq!(seen, [("a", 30, "{\"n\":3}"), ("b", 20, "{\"n\":2}")]);
+    save("c", "{}", 40, 25).await.expect("save");
+    let replicas: Vec<String> = s
+        .saved_statuses()
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|d| d.replica)
+        .collect();
+    assert_eq!(replicas, ["c", "a"]);
 }
 
 /// The readiness probe writes and reads back, again and again.

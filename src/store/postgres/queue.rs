@@ -18,10 +18,11 @@ use deadpool_postgres::Transaction;
 use serde_json::Map;
 
 use super::{exec, one, rows, text};
-use crate::identify::{Event, IdentifyUpdate};
-use crate::store::codec::{self, Encoded};
+use crate::identify::{self, Event, IdentifyUpdate};
+use crate::store::codec::{self, Email, Encoded};
 use crate::store::{
-    DeadLetter, Incoming, IngestOutcome, JobOutcome, JobResult, StoreError, StoreOptions,
+    DeadLetter, DeadLetterCause, Incoming, IngestOutcome, JobOutcome, JobResult, StoreError,
+    StoreOptions,
 };
 
 pub(super) async fn ingest(
@@ -47,7 +48,7 @@ async fn ingest_one(
 ) -> Result<IngestOutcome, StoreError> {
     match (&incoming.event, encoded) {
         (Event::Identify(update), Some(encoded)) => {
-            let email = match (&update.email, &update.user_id) {
+            let sent = match (&update.email, &update.user_id) {
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(tx, user).await? {
                     Some(e) => e,
@@ -59,6 +60,7 @@ async fn ingest_one(
             if !claim_message_id(tx, &update.message_id, now_ms).await? {
                 return Ok(IngestOutcome::Duplicate);
             }
+            let email = Email::sent_as(&sent);
             enqueue(tx, o, update, encoded, &email, &incoming.raw, now_ms).await?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
                 exec(
@@ -125,11 +127,11 @@ async fn enqueue(
     o: &StoreOptions,
     update: &IdentifyUpdate,
     encoded: &Encoded,
-    email: &str,
+    email: &Email<'_>,
     raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let email = text(email);
+    let (email, spelling) = (text(&email.key), email.spelling.map(text));
     lock_emails(tx, std::slice::from_ref(&email)).await?;
     // An existing job keeps its schedule: new events must not cut short a backoff.
     exec(
@@ -141,11 +143,13 @@ async fn enqueue(
     .await?;
     exec(
         tx,
-        "INSERT INTO events (message_id, email, user_id, ts_ms, received_ms, traits, engage, raw)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO events (message_id, email, sent_email, user_id, ts_ms, received_ms, traits,
+                             engage, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &text(&update.message_id),
             &email,
+            &spelling,
             &update.user_id.as_deref().map(text),
             &update.timestamp_ms,
             &now_ms,
@@ -161,7 +165,9 @@ async fn enqueue(
 /// Forgets a user: their remembered email, their events, their email's events and applied
 /// values; then drops the jobs left with nothing to deliver.
 async fn forget_user(tx: &Transaction<'_>, user_id: &str) -> Result<(), StoreError> {
-    let email = remembered_email(tx, user_id).await?;
+    let email = remembered_email(tx, user_id)
+        .await?
+        .map(|e| identify::email_key(&e));
     let user_id = text(user_id);
     exec(
         tx,
@@ -227,29 +233,35 @@ async fn drop_job_if_empty(tx: &Transaction<'_>, email: &str) -> Result<bool, St
     Ok(remaining)
 }
 
-/// Records results; the caller has checked the lease in this transaction.
+/// Records results; the caller has checked the lease in this transaction. Answers the ids of
+/// the dead letters made, in the order of the results.
 pub(super) async fn finish(
     tx: &Transaction<'_>,
     o: &StoreOptions,
-    mut results: Vec<JobResult>,
+    results: Vec<JobResult>,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     // Emails are locked in one order, so that two transactions cannot deadlock on them.
-    results.sort_by(|a, b| a.email.cmp(&b.email));
+    let mut emails: Vec<String> = results.iter().map(|r| text(&r.email)).collect();
+    emails.sort();
+    emails.dedup();
+    lock_emails(tx, &emails).await?;
+    let mut dead_letters = Vec::new();
     for result in &results {
-        finish_one(tx, o, result, now_ms).await?;
+        dead_letters.extend(finish_one(tx, o, result, now_ms).await?);
     }
-    Ok(())
+    Ok(dead_letters)
 }
 
+/// Records one result (its email locked); answers the ids of the dead letters it made.
 async fn finish_one(
     tx: &Transaction<'_>,
     o: &StoreOptions,
     result: &JobResult,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let email = text(&result.email);
-    lock_emails(tx, std::slice::from_ref(&email)).await?;
+    let mut dead_letters = Vec::new();
     match &result.outcome {
         JobOutcome::RetryAt {
             at_ms,
@@ -270,7 +282,7 @@ async fn finish_one(
                 ],
             )
             .await?;
-            return Ok(());
+            return Ok(dead_letters);
         }
         JobOutcome::Delivered {
             applied,
@@ -291,11 +303,27 @@ async fn finish_one(
             for r in rejected {
                 let mut props = Map::new();
                 props.insert(r.key.clone(), r.value.clone());
-                add_dead_letter(tx, result, &r.reason, *attempts, &props, now_ms).await?;
+                let letter = Letter {
+                    cause: DeadLetterCause::PropertyRefused,
+                    reason: &r.reason,
+                    attempts: *attempts,
+                    properties: &props,
+                };
+                dead_letters.push(add_dead_letter(tx, result, &letter, now_ms).await?);
             }
         }
-        JobOutcome::DeadLetter { reason, attempts } => {
-            add_dead_letter(tx, result, reason, *attempts, &Map::new(), now_ms).await?;
+        JobOutcome::DeadLetter {
+            reason,
+            attempts,
+            cause,
+        } => {
+            let letter = Letter {
+                cause: *cause,
+                reason,
+                attempts: *attempts,
+                properties: &Map::new(),
+            };
+            dead_letters.push(add_dead_letter(tx, result, &letter, now_ms).await?);
         }
     }
     exec(
@@ -304,7 +332,8 @@ async fn finish_one(
         &[&email, &result.up_to_event_id],
     )
     .await?;
-    settle_job(tx, o, &email, now_ms).await
+    settle_job(tx, o, &email, now_ms).await?;
+    Ok(dead_letters)
 }
 
 /// After events left the queue: drop the job if nothing remains, else make it due again
@@ -327,14 +356,22 @@ async fn settle_job(
     Ok(())
 }
 
+/// What a new dead letter says beside its events.
+struct Letter<'a> {
+    cause: DeadLetterCause,
+    reason: &'a str,
+    attempts: u32,
+    /// The properties concerned (`{}` when the whole update failed).
+    properties: &'a Map<String, serde_json::Value>,
+}
+
+/// Copies a result's events into a new dead letter; answers its id.
 async fn add_dead_letter(
     tx: &Transaction<'_>,
     result: &JobResult,
-    reason: &str,
-    attempts: u32,
-    properties: &Map<String, serde_json::Value>,
+    letter: &Letter<'_>,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let email = text(&result.email);
     let raws: Vec<String> = rows(
         tx,
@@ -346,21 +383,23 @@ async fn add_dead_letter(
     .map(|r| r.try_get(0))
     .collect::<Result<_, _>>()?;
     let events = codec::dead_letter_events(&raws);
-    exec(
+    let id = one(
         tx,
-        "INSERT INTO dead_letters (email, reason, attempts, created_ms, properties, events)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO dead_letters (email, cause, reason, attempts, created_ms, properties, events)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         &[
             &email,
-            &text(reason),
-            &i64::from(attempts),
+            &letter.cause.as_str(),
+            &text(letter.reason),
+            &i64::from(letter.attempts),
             &now_ms,
-            &codec::to_json(properties)?,
+            &codec::to_json(letter.properties)?,
             &codec::to_json(&events)?,
         ],
     )
-    .await?;
-    Ok(())
+    .await?
+    .try_get(0)?;
+    Ok(id)
 }
 
 /// Takes the chosen dead letters out (all when `ids` is `None`) and queues what each replays.
@@ -375,7 +414,7 @@ pub(super) async fn replay_dead_letters(
     let taken = rows(
         tx,
         "DELETE FROM dead_letters WHERE $1::bigint[] IS NULL OR id = ANY($1)
-         RETURNING id, email, reason, attempts, created_ms, properties, events",
+         RETURNING id, email, cause, reason, attempts, created_ms, properties, events",
         &[&ids],
     )
     .await?;
@@ -386,8 +425,11 @@ pub(super) async fn replay_dead_letters(
     letters.sort_by_key(|l| l.id);
     for letter in &letters {
         for (update, raw) in codec::replay(letter, now_ms)? {
+            // The spelling the event was sent with, as the first time (an email-less event was
+            // queued under the letter's key).
+            let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
             let encoded = Encoded::of(&update)?;
-            enqueue(tx, o, &update, &encoded, &letter.email, &raw, now_ms).await?;
+            enqueue(tx, o, &update, &encoded, &email, &raw, now_ms).await?;
         }
         // A job that was waiting keeps its place; a replay should be tried now.
         exec(
@@ -400,17 +442,19 @@ pub(super) async fn replay_dead_letters(
     Ok(letters.len())
 }
 
-/// A dead letter from its row: id, email, reason, attempts, created_ms, properties, events.
+/// A dead letter from its row: id, email, cause, reason, attempts, created_ms, properties,
+/// events.
 pub(super) fn dead_letter(r: &tokio_postgres::Row) -> Result<DeadLetter, StoreError> {
-    let attempts: i64 = r.try_get(3)?;
+    let attempts: i64 = r.try_get(4)?;
     Ok(DeadLetter {
         id: r.try_get(0)?,
         email: r.try_get(1)?,
-        reason: r.try_get(2)?,
+        cause: DeadLetterCause::parse(r.try_get(2)?),
+        reason: r.try_get(3)?,
         attempts: u32::try_from(attempts)
             .map_err(|_| StoreError::Corrupt(format!("{attempts} attempts")))?,
-        created_ms: r.try_get(4)?,
-        properties: codec::from_json(r.try_get(5)?)?,
-        events: codec::from_json(r.try_get(6)?)?,
+        created_ms: r.try_get(5)?,
+        properties: codec::from_json(r.try_get(6)?)?,
+        events: codec::from_json(r.try_get(7)?)?,
     })
 }

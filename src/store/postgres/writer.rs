@@ -19,7 +19,7 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{error, queue, text};
-use crate::identify::Event;
+use crate::identify::{email_key, Event};
 use crate::store::codec::Encoded;
 use crate::store::{Incoming, IngestOutcome, StoreError, StoreOptions};
 
@@ -95,7 +95,7 @@ async fn prelock(tx: &mut Transaction<'_>, group: &[Write]) {
         .iter()
         .flat_map(|w| &w.events)
         .filter_map(|e| match &e.event {
-            Event::Identify(update) => update.email.as_deref().map(text),
+            Event::Identify(update) => update.email.as_deref().map(|e| text(&email_key(e))),
             _ => None,
         })
         .collect();

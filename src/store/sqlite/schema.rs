@@ -29,8 +29,13 @@ pub(in crate::store) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "delivery lease and the budget handed over with it",
+        name: "emails keyed case-insensitively, spellings kept; dead letters' causes; status",
         sql: V2,
+    },
+    Migration {
+        version: 3,
+        name: "delivery lease and the budget handed over with it",
+        sql: V3,
     },
 ];
 
@@ -90,9 +95,59 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 ";
 
+/// Emails become keys (trimmed, ASCII-lowercased, as `identify::email_key` makes them): one job
+/// and one set of applied timestamps per person whatever the case Segment sent. Rows that
+/// differed only in case are merged (the earliest schedule and first queue time, the latest
+/// applied timestamp); an event keeps the spelling it was sent with in `sent_email`, because
+/// ProsperStack's email filter may compare exactly. Remembered emails keep their spelling.
+/// Dead letters also record their cause (`DeadLetterCause`; none for older ones), and each
+/// serving process saves its status document, for `prosperstack-relay status`.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN sent_email TEXT;
+UPDATE events SET sent_email = email WHERE email <> lower(email);
+UPDATE events SET email = lower(email);
+
+CREATE TABLE jobs_v2 (
+    email TEXT PRIMARY KEY,
+    next_attempt_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_queued_ms INTEGER NOT NULL,
+    waiting_since_ms INTEGER,
+    last_error TEXT
+);
+INSERT INTO jobs_v2 (email, next_attempt_ms, attempts, first_queued_ms, waiting_since_ms, last_error)
+    SELECT lower(email), MIN(next_attempt_ms), MAX(attempts), MIN(first_queued_ms),
+           MIN(waiting_since_ms), MAX(last_error)
+    FROM jobs GROUP BY lower(email);
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_due ON jobs(next_attempt_ms);
+
+CREATE TABLE applied_v2 (
+    email TEXT NOT NULL,
+    key TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (email, key)
+) WITHOUT ROWID;
+INSERT INTO applied_v2 (email, key, ts_ms, updated_ms)
+    SELECT lower(email), key, MAX(ts_ms), MAX(updated_ms) FROM applied GROUP BY lower(email), key;
+DROP TABLE applied;
+ALTER TABLE applied_v2 RENAME TO applied;
+
+UPDATE dead_letters SET email = lower(email);
+ALTER TABLE dead_letters ADD COLUMN cause TEXT;
+
+CREATE TABLE status (
+    replica TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// The delivery lease: one row, created by the first holder. A released lease expires at
 /// `i64::MIN`. The budget columns are kept across holders (they are the handover).
-const V2: &str = "
+const V3: &str = "
 CREATE TABLE lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     holder TEXT NOT NULL,

@@ -64,7 +64,8 @@ fn migrations_are_numbered_in_order() {
 async fn fresh_store_gets_the_latest_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    assert_eq!(store.stats().await.expect("stats"), QueueStats::default());
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(QueueStats { bytes: 0, ..stats }, QueueStats::default());
     assert_eq!(stored_version(dir.path()), migrate::latest(MIGRATIONS));
 }
 
@@ -305,4 +306,34 @@ fn negative_version_is_corrupt() {
     let c = Connection::open(dir.path().join("relay.db")).expect("create");
     c.execute_batch("PRAGMA user_version = -3;").expect("set");
     assert!(matches!(version(&c), Err(StoreError::Corrupt(_))));
+}
+
+/// Version 2 makes emails keys: rows of a version-1 store that differ only in case merge into
+/// one job (earliest schedule), one applied timestamp per property (the latest), and events
+/// keep the spelling they were sent with for look-ups.
+#[tokio::test]
+async fn v2_merges_emails_that_differ_only_in_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Connection::open(dir.path().join("relay.db")).expect("create");
+    apply(&mut c, "test", &MIGRATIONS[..1]).expect("version 1");
+    c.execute_batch(
+        "INSERT INTO events (message_id, email, ts_ms, received_ms, traits, raw)
+             VALUES ('m1', 'Ann@X.io', 1, 1, '{}', '{}'), ('m2', 'ann@x.io', 2, 2, '{}', '{}');
+         INSERT INTO jobs (email, next_attempt_ms, first_queued_ms, attempts)
+             VALUES ('Ann@X.io', 50, 1, 2), ('ann@x.io', 10, 2, 0);
+         INSERT INTO applied (email, key, ts_ms, updated_ms)
+             VALUES ('Ann@X.io', 'plan', 7, 1), ('ann@x.io', 'plan', 9, 1);",
+    )
+    .expect("version-1 rows");
+    drop(c);
+    let store = open(dir.path());
+    let jobs = store.due_jobs(LATER, 10).await.expect("due jobs");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(job.email, "ann@x.io");
+    assert_eq!(job.events.len(), 2);
+    assert_eq!(job.spellings, vec!["Ann@X.io".to_owned()]);
+    assert_eq!(job.applied.get("plan"), Some(&9));
+    assert_eq!(job.first_queued_ms, 1);
+    assert_eq!(store.due_jobs(10, 10).await.expect("due at 10").len(), 1);
 }
