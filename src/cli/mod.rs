@@ -9,7 +9,8 @@
 //!   no curl needed);
 //! - [`dead_letters`]: `dead-letters` inspects, replays and purges dead letters in the data
 //!   directory;
-//! - [`preview`]: `preview` shows how a payload would map, sending nothing.
+//! - [`preview`]: `preview` shows how a payload would map, sending nothing;
+//! - [`status`]: `status` shows what a running relay is doing, from its store.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
@@ -22,6 +23,7 @@ mod dead_letters;
 mod health;
 mod preview;
 mod serve;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ pub use dead_letters::DeadLetterCommand;
 pub use health::{default_health_url, HealthcheckArgs};
 pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
+pub use status::StatusArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +73,8 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
     /// Show how a Segment payload would map to ProsperStack properties, sending nothing.
     Preview(PreviewArgs),
+    /// What a running relay is doing: queue states, budget, ETA, upstream, dead letters.
+    Status(StatusArgs),
 }
 
 /// Runs the parsed command line.
@@ -81,6 +86,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Healthcheck(args) => health::healthcheck(cli.config, args).await,
         Command::DeadLetters(cmd) => dead_letters::dead_letters(cli.config, cmd).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
+        Command::Status(args) => status::status(cli.config, args).await,
     }
 }
 

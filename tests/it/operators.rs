@@ -178,3 +178,48 @@ async fn probes_log_at_debug_refusals_with_their_reason() {
         "{logs}"
     );
 }
+
+/// `status` reads what a running relay saved and the queue as it is now: text for people,
+/// `--json` for scripts, both without emails.
+#[tokio::test]
+async fn status_command_reads_a_running_relay() {
+    let sb = start_sandbox(SandboxConfig {
+        rate_limit_requests: 2,
+        rate_limit_window: Duration::from_secs(1),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let relay = TestRelay::start(
+        &sb.url,
+        &[
+            ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "2"),
+            ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "1"),
+        ],
+    )
+    .await;
+    let emails = create_members(&sb.sandbox, "cli", 30);
+    assert_eq!(relay.post_json(&plan_events("cli", &emails)).await.0, 200);
+    let dir = relay.data_dir.display().to_string();
+    let env = [("RELAY_DATA_DIR", dir.as_str())];
+    let status_json = || async {
+        let out = run_cli(&env, &["status", "--json"]).await;
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let saved = eventually(PATIENCE, || async {
+        let json = status_json().await;
+        json["replica"].is_string() && json["queue"]["due"]["subscribers"].as_u64() > Some(0)
+    })
+    .await;
+    let json = status_json().await;
+    assert!(saved, "{json:#}");
+    assert_eq!(json["budget"]["limit"], 2);
+    let out = run_cli(&env, &["status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "queue", "due", "waiting", "retrying", "ETA", "budget", "upstream",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(!contains_email(&text) && !contains_email(&json.to_string()));
+}
