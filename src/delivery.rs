@@ -270,7 +270,8 @@ impl Delivery {
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
         let now = self.clock.wall_ms();
-        let ids = self.store.finish(vec![result.clone()], now).await?;
+        let lease = crate::store::sole_deliverer_lease(self.store.as_ref(), now).await?;
+        let ids = self.store.finish(&lease, vec![result.clone()], now).await?;
         self.report_dead_letters(&result, &ids);
         if matches!(result.outcome, JobOutcome::Delivered { .. }) {
             self.activity.delivered(now);

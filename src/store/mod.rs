@@ -5,10 +5,11 @@
 //!
 //! The contract every implementation keeps:
 //! - **Acknowledgement.** `ingest` returns only after the events are committed durably (SQLite:
-//!   WAL with `synchronous=FULL`); ingest answers 2xx only then. Many concurrent calls share one
-//!   transaction (group commit).
+//!   WAL with `synchronous=FULL`; PostgreSQL: the server's COMMIT); ingest answers 2xx only
+//!   then. Many concurrent calls share one transaction (group commit).
 //! - **Dedupe.** An event whose `messageId` was stored before is answered `Duplicate` and not
-//!   stored again. Seen ids are kept for the retention window (`prune`).
+//!   stored again, also when the same id reaches two replicas of one shared store at once.
+//!   Seen ids are kept for the retention window (`prune`).
 //! - **Email memory.** An Identify with no email takes the one last stored for its `userId`;
 //!   with an email, that email is remembered for the `userId`. A `delete` forgets the user's
 //!   email, their queued events and what was applied for that email.
@@ -31,18 +32,53 @@
 //!   the ordered steps of `migrate`, each applied in one transaction with its version, by the
 //!   process that owns the store (the relay, at start); a store written by a newer release is
 //!   refused untouched ([`StoreError::NewerSchema`]), and a tool opening a store beside a
-//!   running relay refuses one it would have to upgrade ([`StoreError::OlderSchema`]).
+//!   running relay refuses one it would have to upgrade ([`StoreError::OlderSchema`]). Replicas
+//!   starting together on one shared store apply each step once (PostgreSQL: an advisory lock).
+//! - **One deliverer: the lease.** At most one holder delivers from a store at a time.
+//!   `acquire_lease(holder, ttl)` takes the lease when it is free (never taken, released, or
+//!   lapsed) or renews it when `holder` has it and it has not lapsed, until `ttl` from now; it
+//!   answers the [`Lease`], or `None` while another holder has it. The lease's `epoch` is its
+//!   fencing token: it grows by one whenever the lease is taken rather than renewed (by another
+//!   holder, or by the same one after a lapse or a release), so one epoch names one unbroken
+//!   tenure. Every write only the deliverer makes (`finish`, `save_budget`) carries the lease and
+//!   is refused with [`StoreError::LeaseLost`], changing nothing, unless its tenure is current
+//!   and unexpired when the write's transaction checks it; no one can take the lease until that
+//!   transaction ends. So a paused old leader cannot write once its lease has lapsed, whoever
+//!   holds it now. `release_lease` ends the tenure at once (on SIGTERM), so a standby takes over
+//!   without waiting for the expiry.
+//! - **Whose clock.** Lease expiry is judged by the store's clock: SQLite uses the caller's
+//!   `now_ms` (one machine), PostgreSQL its server's clock (replicas' clocks may disagree), so a
+//!   holder counts on its lease only until `ttl` after it *asked*, on its own monotonic clock.
+//!   Holder ids must be unique per process: two processes under one id would share a tenure.
+//! - **Budget handover.** The holder records what it knows of the upstream rate-limit window
+//!   (`save_budget`: requests remaining, time until the reset); the record outlives the tenure,
+//!   so the next holder starts from it (`load_budget`) instead of from a full window. It is
+//!   forgotten once its window has passed. Times in it are durations, for the same clock reason.
 
+mod codec;
+mod lease;
 mod migrate;
+mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::identify::{Engage, Event};
 
-pub use sqlite::{SqliteStore, StoreOptions};
+pub use lease::{sole_deliverer_lease, BudgetSnapshot, Lease};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Tunables shared by every store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// A new job waits this long before its first attempt, so that events for the same
+    /// subscriber arriving close together go out as one update.
+    pub coalesce_ms: i64,
+}
 
 /// One event as ingest hands it to the store.
 #[derive(Clone, Debug)]
@@ -273,10 +309,45 @@ pub enum StoreError {
         found: u32,
         latest: u32,
     },
+    /// A deliverer-only write carried a lease whose tenure is over (lapsed, released, or taken
+    /// by another holder): nothing was written. The caller stops delivering until it holds the
+    /// lease again.
+    #[error("the delivery lease has moved on: nothing was written")]
+    LeaseLost,
+    /// The database server cannot be reached, or the connection broke (refused, timed out,
+    /// closed, shutting down): retry later. Ingest answers 503 and `/readyz` is not ready.
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
+    /// PostgreSQL refused a statement: the server's message and SQLSTATE (`None` for a failure
+    /// on the client's side), never credentials nor the values of a row (they can be emails).
+    #[error("PostgreSQL: {message}{}", sqlstate(.code))]
+    Postgres {
+        code: Option<String>,
+        message: String,
+    },
+    /// The database URL cannot be used; `reason` never quotes the URL (it holds the password).
+    #[error("{setting} is not usable: {reason}")]
+    DatabaseUrl {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
-/// The durable queue. One implementation today (SQLite); the trait is the seam for a shared
-/// database serving several replicas later.
+fn sqlstate(code: &Option<String>) -> String {
+    code.as_ref()
+        .map(|c| format!(" (SQLSTATE {c})"))
+        .unwrap_or_default()
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all (as opposed to refusing something).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_))
+    }
+}
+
+/// The durable queue: SQLite on one machine, PostgreSQL shared by several replicas. The
+/// contract at the top of this module holds for both.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores the events in one transaction and answers one outcome per event, in order.
@@ -293,10 +364,16 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
-    /// Records the results of delivery attempts, all in one transaction; answers the ids of
-    /// the dead letters it created, in the order of the results (within one, its refused
+    /// Records the results of delivery attempts, all in one transaction, if `lease` is still
+    /// current ([`StoreError::LeaseLost`] otherwise, and nothing is recorded); answers the ids
+    /// of the dead letters it created, in the order of the results (within one, its refused
     /// properties first).
-    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<Vec<i64>, StoreError>;
+    async fn finish(
+        &self,
+        lease: &Lease,
+        results: Vec<JobResult>,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, StoreError>;
     async fn stats(&self) -> Result<QueueStats, StoreError>;
     /// A real round trip (write and read) for readiness, writing `now_ms`.
     async fn ping(&self, now_ms: i64) -> Result<(), StoreError>;
@@ -321,4 +398,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The saved status documents, the most recent first.
     async fn saved_statuses(&self) -> Result<Vec<SavedStatus>, StoreError>;
+    /// Takes the delivery lease for `holder`, or renews it if `holder` has it unexpired, until
+    /// `ttl` from now; `None` while another holder has it.
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Ends `lease`'s tenure now, so another holder can take it at once; false when it had
+    /// already ended.
+    async fn release_lease(&self, lease: &Lease, now_ms: i64) -> Result<bool, StoreError>;
+    /// Records what the holder of `lease` knows of the upstream window, for whoever delivers
+    /// next ([`StoreError::LeaseLost`] if the tenure is over).
+    async fn save_budget(
+        &self,
+        lease: &Lease,
+        budget: BudgetSnapshot,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The last recorded budget, with the time left until its reset; `None` when none was
+    /// recorded or its window has passed.
+    async fn load_budget(&self, now_ms: i64) -> Result<Option<BudgetSnapshot>, StoreError>;
 }
+
+#[cfg(test)]
+mod contract_tests;

@@ -5,38 +5,43 @@
 //!
 //! The schema is versioned (`schema`): `open`, the relay, upgrades an older store before using
 //! it; `open_shared`, for tools, accepts only a store already at the latest version.
+//!
+//! The delivery lease (`lease`) is a row in the same file, so a relay and a tool sharing the
+//! file (`open` and `open_shared`) agree on who delivers; its expiry is judged by the callers'
+//! `now_ms`, which on one machine read one clock.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+use super::codec::{self, from_json, to_json, Email, Encoded};
 use super::{
-    DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome, JobResult, QueueStats,
-    QueuedEvent, SavedStatus, StateStats, Store, StoreError,
+    BudgetSnapshot, DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome,
+    JobResult, Lease, QueueStats, QueuedEvent, SavedStatus, StateStats, Store, StoreError,
+    StoreOptions,
 };
+use crate::clock::millis;
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
+mod lease;
 mod schema;
 mod tools;
+
+/// The schema's steps, for the contract's schema cases.
+#[cfg(test)]
+pub(super) use schema::MIGRATIONS;
 
 /// How many waiting requests one transaction takes at most.
 const MAX_GROUP: usize = 256;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
-
-/// Tunables of the SQLite store.
-#[derive(Clone, Debug, Default)]
-pub struct StoreOptions {
-    /// A new job waits this long before its first attempt, so that events for the same
-    /// subscriber arriving close together go out as one update.
-    pub coalesce_ms: i64,
-}
 
 /// Handle to the store; cheap to clone, all clones talk to the same writer thread.
 #[derive(Clone)]
@@ -219,13 +224,7 @@ impl Store for SqliteStore {
         events: Vec<Incoming>,
         now_ms: i64,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let encoded = events
-            .iter()
-            .map(|e| match &e.event {
-                Event::Identify(update) => Encoded::of(update).map(Some),
-                _ => Ok(None),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let encoded = Encoded::all(&events)?;
         self.call(move |c, o| {
             events
                 .iter()
@@ -275,8 +274,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish(&self, results: Vec<JobResult>, now_ms: i64) -> Result<Vec<i64>, StoreError> {
+    async fn finish(
+        &self,
+        lease: &Lease,
+        results: Vec<JobResult>,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let lease = lease.clone();
         self.call(move |c, o| {
+            lease::check(c, &lease, now_ms)?;
             let mut dead_letters = Vec::new();
             for result in &results {
                 dead_letters.extend(finish_one(c, o, result, now_ms)?);
@@ -397,6 +403,39 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let holder = holder.to_owned();
+        let ttl_ms = millis(ttl);
+        self.call(move |c, _| lease::acquire(c, &holder, ttl_ms, now_ms))
+            .await
+    }
+
+    async fn release_lease(&self, lease: &Lease, now_ms: i64) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.call(move |c, _| lease::release(c, &lease, now_ms))
+            .await
+    }
+
+    async fn save_budget(
+        &self,
+        lease: &Lease,
+        budget: BudgetSnapshot,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.call(move |c, _| lease::save_budget(c, &lease, budget, now_ms))
+            .await
+    }
+
+    async fn load_budget(&self, now_ms: i64) -> Result<Option<BudgetSnapshot>, StoreError> {
+        self.call(move |c, _| lease::load_budget(c, now_ms)).await
+    }
 }
 
 fn queue_stats(c: &Connection, dir: &Path) -> Result<QueueStats, StoreError> {
@@ -497,14 +536,6 @@ fn read_dead_letters(c: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
         .collect()
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 /// Records a message id as seen; answers false when it was seen before (a duplicate).
 fn claim_message_id(c: &Connection, message_id: &str, now_ms: i64) -> Result<bool, StoreError> {
     let inserted = c
@@ -568,36 +599,6 @@ fn ingest_one(
             Ok(IngestOutcome::Forgotten)
         }
         _ => Ok(IngestOutcome::Ignored),
-    }
-}
-
-/// An update's traits and Engage computation as stored, encoded before they reach the writer
-/// thread (the one thread every commit waits for).
-struct Encoded {
-    traits: String,
-    engage: Option<String>,
-}
-
-impl Encoded {
-    fn of(update: &IdentifyUpdate) -> Result<Encoded, StoreError> {
-        Ok(Encoded {
-            traits: to_json(&update.traits)?,
-            engage: update.engage.as_ref().map(to_json).transpose()?,
-        })
-    }
-}
-
-/// An email as the queue keeps it: its key, and the spelling it was sent with when that differs.
-struct Email<'a> {
-    key: String,
-    spelling: Option<&'a str>,
-}
-
-impl Email<'_> {
-    fn sent_as(sent: &str) -> Email<'_> {
-        let key = identify::email_key(sent);
-        let spelling = (key != sent).then_some(sent);
-        Email { key, spelling }
     }
 }
 
@@ -845,10 +846,7 @@ fn add_dead_letter(
             r.get::<_, String>(0)
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let events: Vec<Value> = raws
-        .iter()
-        .map(|raw| serde_json::from_str(raw).unwrap_or(Value::String(raw.clone())))
-        .collect();
+    let events = codec::dead_letter_events(&raws);
     c.execute(
         "INSERT INTO dead_letters (email, cause, reason, attempts, created_ms, properties, events)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -865,50 +863,18 @@ fn add_dead_letter(
     Ok(c.last_insert_rowid())
 }
 
-/// Puts a dead letter back in the queue under its email, bypassing dedupe (its events were
-/// seen, on purpose). A whole-update dead letter re-queues its original events; a dead letter
-/// for refused properties re-queues only those properties, with the time of the latest
-/// original event, so replaying it cannot bring back older values of other properties.
+/// Puts a dead letter back in the queue under its email (what it queues: [`codec::replay`]).
 fn requeue(
     c: &Connection,
     o: &StoreOptions,
     letter: &DeadLetter,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let originals: Vec<(IdentifyUpdate, String)> = letter
-        .events
-        .iter()
-        .filter_map(|raw| match identify::normalise(raw, now_ms) {
-            Ok(Event::Identify(update)) => Some((update, raw.to_string())),
-            _ => None,
-        })
-        .collect();
-    if letter.properties.is_empty() {
-        for (update, raw) in &originals {
-            // The spelling the event was sent with, as the first time (an email-less event was
-            // queued under the letter's key).
-            let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
-            let encoded = Encoded::of(update)?;
-            enqueue(c, o, update, &encoded, &email, raw, now_ms)?;
-        }
-    } else {
-        let latest = originals
-            .iter()
-            .map(|(u, _)| u.timestamp_ms)
-            .max()
-            .unwrap_or(now_ms);
-        let update = IdentifyUpdate {
-            message_id: format!("replay-{}-{now_ms}", letter.id),
-            user_id: None,
-            anonymous_id: None,
-            email: Some(letter.email.clone()),
-            timestamp_ms: latest,
-            traits: letter.properties.clone(),
-            engage: None,
-        };
+    for (update, raw) in codec::replay(letter, now_ms)? {
+        // The spelling the event was sent with, as the first time (an email-less event was
+        // queued under the letter's key).
+        let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
         let encoded = Encoded::of(&update)?;
-        let email = Email::sent_as(&letter.email);
-        let raw = to_json(&letter.events)?;
         enqueue(c, o, &update, &encoded, &email, &raw, now_ms)?;
     }
     // A job that was waiting keeps its place; a replay should be tried now.

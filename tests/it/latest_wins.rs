@@ -91,6 +91,11 @@ async fn run(updates: &[Update], order: &[usize], cuts: &[bool], defer: &[bool])
     let store = SqliteStore::open(dir.path(), StoreOptions { coalesce_ms: 0 }).expect("store");
     let mut fake = Fake::new();
     let mut now = 1_800_000_000_000i64;
+    let lease = store
+        .acquire_lease("test", std::time::Duration::from_secs(86_400), now)
+        .await
+        .expect("acquire")
+        .expect("a fresh store's lease is free");
     let mut pending: Vec<JobResult> = Vec::new();
     let mut rounds: Vec<Vec<usize>> = vec![Vec::new()];
     for (pos, &i) in order.iter().enumerate() {
@@ -115,7 +120,7 @@ async fn run(updates: &[Update], order: &[usize], cuts: &[bool], defer: &[bool])
         assert!(outcomes.iter().all(|o| *o == IngestOutcome::Stored));
         if !pending.is_empty() {
             store
-                .finish(std::mem::take(&mut pending), now)
+                .finish(&lease, std::mem::take(&mut pending), now)
                 .await
                 .expect("finish");
         }
@@ -125,10 +130,10 @@ async fn run(updates: &[Update], order: &[usize], cuts: &[bool], defer: &[bool])
         if defer[r % defer.len()] {
             pending = results;
         } else {
-            store.finish(results, now).await.expect("finish");
+            store.finish(&lease, results, now).await.expect("finish");
         }
     }
-    store.finish(pending, now).await.expect("finish");
+    store.finish(&lease, pending, now).await.expect("finish");
     // Whatever arrived while an update was in flight is still queued: deliver it.
     loop {
         now += 1;
@@ -137,7 +142,7 @@ async fn run(updates: &[Update], order: &[usize], cuts: &[bool], defer: &[bool])
             break;
         }
         let results = apply(&jobs, &mut fake);
-        store.finish(results, now).await.expect("finish");
+        store.finish(&lease, results, now).await.expect("finish");
     }
     fake
 }

@@ -21,7 +21,7 @@ use crate::store::StoreError;
 const LOCATION_SETTING: &str = "RELAY_DATA_DIR";
 
 /// Every step, in order. A released step is never edited: a change is a new step.
-pub(super) const MIGRATIONS: &[Migration] = &[
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "queue, dedupe ids, remembered emails, applied values, dead letters",
@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "emails keyed case-insensitively, spellings kept; dead letters' causes; status",
         sql: V2,
+    },
+    Migration {
+        version: 3,
+        name: "delivery lease and the budget handed over with it",
+        sql: V3,
     },
 ];
 
@@ -138,6 +143,19 @@ CREATE TABLE status (
     saved_ms INTEGER NOT NULL,
     body TEXT NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// The delivery lease: one row, created by the first holder. A released lease expires at
+/// `i64::MIN`. The budget columns are kept across holders (they are the handover).
+const V3: &str = "
+CREATE TABLE lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    budget_remaining INTEGER,
+    budget_reset_ms INTEGER
+);
 ";
 
 /// The version recorded in the store (0 for a new file or one written before versions).
