@@ -189,10 +189,11 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
 }
 
 /// One event of the body: its parsed JSON (or why it is not an event) and its raw text.
-type RawEvent = (Result<Value, String>, String);
+pub type RawEvent = (Result<Value, String>, String);
 
 /// Splits the body into events, checking the signature over the bytes Segment signed.
-fn parse_body(
+/// Public so `relay-bench fuzz` can drive it in-process; the handler is its only other caller.
+pub fn parse_body(
     bytes: &Bytes,
     headers: &HeaderMap,
     secret: Option<&Secret>,
