@@ -277,7 +277,7 @@ pub fn signature_input(rng: &mut SmallRng, corpus: &Corpus) -> SignatureInput {
         ),
     };
     let mac = hmac(secret.as_deref().unwrap_or_default(), &signed);
-    let headers = signature_headers(rng, &mac, &body);
+    let headers = signature_headers(rng, &mac, secret.as_deref().unwrap_or_default(), &body);
     SignatureInput {
         body: HexBytes(body),
         signed: HexBytes(signed),
@@ -365,7 +365,7 @@ pub fn hmac(secret: &str, signed: &[u8]) -> Vec<u8> {
 }
 
 /// `X-Signature` values: right (any case, padded), and wrong in the ways that matter.
-fn signature_headers(rng: &mut SmallRng, mac: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
+fn signature_headers(rng: &mut SmallRng, mac: &[u8], secret: &str, body: &[u8]) -> Vec<Vec<u8>> {
     let right = hex::encode(mac);
     let flipped = {
         let mut m = mac.to_vec();
@@ -395,7 +395,10 @@ fn signature_headers(rng: &mut SmallRng, mac: &[u8], body: &[u8]) -> Vec<Vec<u8>
             "{right}{}",
             pick(rng, &["00", "0", "ff", right.as_str()])
         )),
-        10 => one(hex::encode(hmac("wrong-secret", body))),
+        // The whole body with the right secret: for an array, the classic mistake (Segment signs
+        // the first element only); for anything else, simply right.
+        10 => one(hex::encode(hmac(secret, body))),
+        11 if rng.gen_bool(0.3) => one(hex::encode(hmac("wrong-secret", body))),
         11 => one(format!(
             "{}{}",
             pick(rng, &["0x", "sha1=", "g", "-", "zz"]),
