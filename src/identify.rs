@@ -165,10 +165,17 @@ fn email_from(traits: &Map<String, Value>) -> Option<String> {
 /// Flattens `traits.traits` (the shape of the example on Segment's ProsperStack page) into the outer traits; the inner
 /// object wins on conflict. `email` is the identifier, not a property, so it is removed.
 fn flatten(mut traits: Map<String, Value>) -> Map<String, Value> {
-    if let Some(Value::Object(inner)) = traits.remove("traits") {
-        for (k, v) in inner {
-            traits.insert(k, v);
+    match traits.remove("traits") {
+        Some(Value::Object(inner)) => {
+            for (k, v) in inner {
+                traits.insert(k, v);
+            }
         }
+        // Not the nested shape: a trait that happens to be called "traits", kept like any other.
+        Some(other) => {
+            traits.insert("traits".into(), other);
+        }
+        None => {}
     }
     traits.remove("email");
     traits
@@ -261,6 +268,16 @@ mod tests {
     fn inner_traits_win_on_conflict() {
         let v = json!({"type":"identify","userId":"u","traits":{"plan":"a","traits":{"plan":"b"}}});
         assert_eq!(identify_of(&v).traits.get("plan"), Some(&json!("b")));
+    }
+
+    /// A `traits` trait that is not an object is an ordinary trait, not dropped (found by
+    /// `relay-bench fuzz`: `"traits": 1` vanished without being reported as unmatched).
+    #[test]
+    fn non_object_traits_trait_is_kept() {
+        let v = json!({"type":"identify","userId":"u","traits":{"plan":"a","traits":"x"}});
+        let u = identify_of(&v);
+        assert_eq!(u.traits.get("traits"), Some(&json!("x")));
+        assert_eq!(u.traits.get("plan"), Some(&json!("a")));
     }
 
     /// Email falls back to `context.traits.email`.

@@ -262,7 +262,8 @@ fn check_token(state: &IngestState, headers: &HeaderMap) -> Result<(), IngestErr
 pub type RawEvent = (Result<Value, String>, String);
 
 /// Splits the body into events, checking the signature over the bytes Segment signed.
-fn parse_body(
+/// Public so `relay-bench fuzz` can drive it in-process; the handler is its only other caller.
+pub fn parse_body(
     bytes: &Bytes,
     headers: &HeaderMap,
     secret: Option<&Secret>,

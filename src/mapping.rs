@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Datelike;
 use heck::ToSnakeCase;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
@@ -298,17 +299,27 @@ fn to_date(value: &Value) -> Result<Value, String> {
         return Err(format!("{value} is not an ISO 8601 date"));
     };
     let t = s.trim();
-    if chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok() {
-        return Ok(Value::String(t.to_owned()));
+    let date = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        // A date-time keeps the calendar date it names, in its own offset.
+        .or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|dt| dt.date_naive())
+        })
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|dt| dt.date())
+        });
+    match date {
+        // ProsperStack takes exactly YYYY-MM-DD, but chrono also reads one-digit months and days
+        // and years of any length or sign: the date is written out afresh, four-digit years only.
+        Some(d) if (0..=9999).contains(&d.year()) => {
+            Ok(Value::String(d.format("%Y-%m-%d").to_string()))
+        }
+        _ => Err(format!("{s:?} is not an ISO 8601 date")),
     }
-    // A date-time keeps the calendar date it names, in its own offset.
-    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(Value::String(dt.date_naive().to_string()));
-    }
-    if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f") {
-        return Ok(Value::String(dt.date().to_string()));
-    }
-    Err(format!("{s:?} is not an ISO 8601 date"))
 }
 
 /// A readable property name from an Engage key: `high_value_customers` → "High value customers".

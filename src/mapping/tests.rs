@@ -196,6 +196,22 @@ fn conversions() {
     assert!(convert(Text, &json!({"a": 1})).is_err());
 }
 
+/// A date goes out as exactly YYYY-MM-DD, the only form ProsperStack accepts, whatever chrono
+/// read: padded when sent unpadded, refused when its year has no four-digit form (found by
+/// `relay-bench fuzz`: "567-12-25" was sent as written and refused by the API).
+#[test]
+fn dates_are_sent_as_yyyy_mm_dd() {
+    use PropertyType::Date;
+    let ok = |v: serde_json::Value| convert(Date, &v).unwrap();
+    assert_eq!(ok(json!("2024-1-5")), json!("2024-01-05"));
+    assert_eq!(ok(json!(" 2024-03-18 ")), json!("2024-03-18"));
+    assert_eq!(ok(json!("567-12-25")), json!("0567-12-25"));
+    assert_eq!(ok(json!("+2024-03-18")), json!("2024-03-18"));
+    for far in ["12345-01-01", "-0001-01-01", "+12345-01-01T00:00:00"] {
+        assert!(convert(Date, &json!(far)).is_err(), "{far}");
+    }
+}
+
 /// The latest timestamp wins regardless of arrival order; stale values are not sent.
 #[test]
 fn latest_wins() {

@@ -1,9 +1,10 @@
-//! `relay-bench`: benchmarks a user can run, `relay-bench engage-sync|ingest|memory [options]`
+//! `relay-bench`: benchmarks a user can run, `relay-bench engage-sync|ingest|memory|fuzz [options]`
 //! (from a checkout: `cargo run --release -p relay-bench -- engage-sync`).
 //!
 //! In: the command line ([`BenchArgs`]). Out: a report on stdout (a table, or JSON with `--json`)
 //! whose figures are compared with the design's targets, and exit code 0 whatever the figures
-//! (a missed target is a finding to read, not a crash); 1 only when a benchmark could not run.
+//! (a missed target is a finding to read, not a crash); 1 when a benchmark could not run, or when
+//! `fuzz` found a panic or a broken invariant (that is a bug, not a figure).
 //!
 //! Every benchmark runs on loopback only, against an in-process ProsperStack sandbox
 //! ([`prosperstack_sandbox`]) and the real relay ([`prosperstack_relay::app::run`], or the real
@@ -13,10 +14,13 @@
 //! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
 //! workload), `ingest.rs` and `load.rs` (ingest throughput and latency), `memory.rs` (resident
 //! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs),
-//! `recorder.rs` (the sandbox's request log), `measure.rs` (targets, run info, thread figures).
+//! `recorder.rs` (the sandbox's request log), `measure.rs` (targets, run info, thread figures),
+//! `fuzz.rs` and `fuzz/` (generated hostile inputs through the relay's parsing, signature,
+//! normalisation and typing functions).
 
 mod diagnosis;
 mod engage_sync;
+mod fuzz;
 mod harness;
 mod ingest;
 mod load;
@@ -31,6 +35,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use engage_sync::EngageArgs;
+pub use fuzz::FuzzArgs;
 pub use ingest::IngestArgs;
 pub use memory::MemoryArgs;
 
@@ -59,6 +64,9 @@ pub enum Benchmark {
     Ingest(IngestArgs),
     /// Resident memory of the real binary with a large queue and upstream down.
     Memory(MemoryArgs),
+    /// Generated hostile inputs through body parsing, signature checking, Identify
+    /// normalisation and value typing, in-process; exit code 1 on any panic or broken invariant.
+    Fuzz(FuzzArgs),
 }
 
 #[tokio::main]
@@ -72,12 +80,21 @@ async fn run(args: BenchArgs) -> ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
         prosperstack_relay::telemetry::init(prosperstack_relay::config::LogFormat::Text);
     }
+    let mut found_bugs = false;
     let result = match args.which {
         Benchmark::EngageSync(a) => engage_sync::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Ingest(a) => ingest::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Memory(a) => memory::run(a).await.map(|r| emit(&r, args.json)),
+        // CPU-bound and synchronous: it runs on this thread, nothing else is scheduled meanwhile.
+        Benchmark::Fuzz(a) => fuzz::run(a).map(|r| {
+            emit(&r, args.json);
+            if !r.clean() {
+                found_bugs = true;
+            }
+        }),
     };
     match result {
+        Ok(()) if found_bugs => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("benchmark failed: {e}");
@@ -140,5 +157,23 @@ mod tests {
             BenchArgs::try_parse_from(["b", "engage-sync", "--set", "A=b", "--set", "C=d"]).is_ok()
         );
         assert!(BenchArgs::try_parse_from(["b", "nonsense"]).is_err());
+        let fuzz = [
+            "b",
+            "fuzz",
+            "--executions",
+            "10",
+            "--seed",
+            "1",
+            "--target",
+            "signature",
+        ];
+        assert!(matches!(
+            BenchArgs::try_parse_from(fuzz).map(|a| a.which),
+            Ok(Benchmark::Fuzz(_))
+        ));
+        assert!(
+            BenchArgs::try_parse_from(["b", "fuzz", "--target", "all", "--seconds", "30"]).is_ok()
+        );
+        assert!(BenchArgs::try_parse_from(["b", "fuzz", "--target", "nonsense"]).is_err());
     }
 }
