@@ -298,6 +298,7 @@ fn check_plan(input: &IdentifyInput, u: &IdentifyUpdate, lab: &Lab) -> Result<us
     };
     let job = Job {
         email: u.email.clone().unwrap_or_default(),
+        spellings: Vec::new(),
         attempts: 0,
         first_queued_ms: u.timestamp_ms,
         waiting_since_ms: None,
