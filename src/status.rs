@@ -257,8 +257,8 @@ impl Progress {
     fn report(&mut self, sources: &Sources, stats: &QueueStats, interval: Duration) {
         let delivered_total = sources.activity.delivered_total();
         let requests_total = sources.client.observed().snapshot().requests;
-        let (last_delivered, last_requests) =
-            self.last.unwrap_or((delivered_total, requests_total));
+        // The first line counts from the start of the process, when progress began watching.
+        let (last_delivered, last_requests) = self.last.unwrap_or((0, 0));
         self.last = Some((delivered_total, requests_total));
         let backlog = stats.due.subscribers + stats.retrying.subscribers;
         let now = sources.clock.wall_ms();

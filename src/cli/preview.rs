@@ -253,7 +253,13 @@ fn print_event(e: &EventPreview) {
             "remembered_in_store" => "remembered for its userId by the relay's store",
             source => source,
         };
-        println!("  email   {} (from {from})", email.address);
+        let key = crate::identify::email_key(&email.address);
+        if key == email.address {
+            println!("  email   {} (from {from})", email.address);
+        } else {
+            // Whatever its case, an email is one subscriber: say which key it is known by.
+            println!("  email   {} (from {from}; known as {key})", email.address);
+        }
     }
     if let Some(time) = &e.timestamp {
         println!("  time    {time}");
