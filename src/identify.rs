@@ -99,8 +99,30 @@ pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {
     match event_type.as_str() {
         "identify" => identify(obj, received_ms).map(Event::Identify),
         "delete" => delete(obj, received_ms),
+        "track" => match engage_track(obj, received_ms) {
+            Some(update) => update.map(Event::Identify),
+            None => Ok(Event::Ignored { event_type }),
+        },
         _ => Ok(Event::Ignored { event_type }),
     }
+}
+
+/// Engage syncing an audience or computed trait as Track calls (`Audience Entered`,
+/// `Audience Exited`, `Trait Computed`; the names are configurable in Segment, so the shape
+/// decides, not the name): `context.personas` names the computation and `properties` carries
+/// its value under the computation key, the email is in `context.traits.email`. Such a Track
+/// is the Identify `{traits: {key: value}}` it stands for; any other Track is `None` (ignored).
+fn engage_track(
+    obj: &Map<String, Value>,
+    received_ms: i64,
+) -> Option<Result<IdentifyUpdate, EventError>> {
+    let engage = engage(obj)?;
+    let value = obj.get("properties")?.get(&engage.key)?.clone();
+    let mut as_identify = obj.clone();
+    let mut traits = Map::new();
+    traits.insert(engage.key.clone(), value);
+    as_identify.insert("traits".into(), Value::Object(traits));
+    Some(identify(&as_identify, received_ms))
 }
 
 fn identify(obj: &Map<String, Value>, received_ms: i64) -> Result<IdentifyUpdate, EventError> {
@@ -297,6 +319,41 @@ mod tests {
         assert_eq!(u.traits.get("high_value_customers"), Some(&json!(true)));
         let c = identify_of(&payload("identify-engage-computed-trait.json"));
         assert!(!c.engage.expect("engage").is_membership());
+    }
+
+    /// Engage's Track form (audience entered or exited, trait computed) is the Identify it
+    /// stands for: the computation key's value as the one trait, the email from
+    /// `context.traits`, the computation kept; whatever the event's name.
+    #[test]
+    fn engage_track_is_an_identify() {
+        let entered = identify_of(&payload("track-engage-audience-entered.json"));
+        assert_eq!(entered.email.as_deref(), Some("maria.lopez@example.com"));
+        assert_eq!(
+            entered.traits,
+            json!({"high_value_customers": true})
+                .as_object()
+                .cloned()
+                .unwrap()
+        );
+        assert!(entered.engage.expect("engage").is_membership());
+        let exited = identify_of(&payload("track-engage-audience-exited.json"));
+        assert_eq!(
+            exited.traits.get("high_value_customers"),
+            Some(&json!(false))
+        );
+        assert!(exited.timestamp_ms > entered.timestamp_ms);
+        let mut renamed = payload("track-engage-audience-entered.json");
+        renamed["event"] = json!("Joined VIPs");
+        assert!(matches!(normalise(&renamed, 0), Ok(Event::Identify(_))));
+        let computed = identify_of(&payload("track-engage-computed-trait.json"));
+        assert_eq!(
+            computed.traits.get("total_spend_180_days"),
+            Some(&json!(1234.5))
+        );
+        // Without the key's value in properties it is an ordinary Track: ignored.
+        let mut bare = payload("track-engage-audience-entered.json");
+        bare["properties"] = json!({"audience_key": "high_value_customers"});
+        assert!(matches!(normalise(&bare, 0), Ok(Event::Ignored { .. })));
     }
 
     /// Track events are ignored, not rejected; deletes need a userId.

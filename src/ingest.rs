@@ -432,7 +432,11 @@ fn admit(
             None
         }
         Ok(event) => {
-            let event_type = event.type_name().to_owned();
+            // Counted under the type Segment sent: an Engage Track is stored as the Identify it
+            // stands for, but it arrived as a track.
+            let sent_type = value.get("type").and_then(Value::as_str);
+            let event_type =
+                sent_type.map_or_else(|| event.type_name().to_owned(), str::to_ascii_lowercase);
             let meta = Sent {
                 index,
                 event_type,

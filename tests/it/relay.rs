@@ -480,6 +480,46 @@ async fn limiter_never_causes_429() {
     );
 }
 
+/// Engage syncing as Track calls: an audience entered, then exited, ends `false`, exactly as
+/// the Identify form does; other Track calls are still ignored.
+#[tokio::test]
+async fn engage_audience_as_track_calls() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let email = "maria.lopez@example.com";
+    let entered = payload("track-engage-audience-entered.json");
+    let (status, answer) = relay.post_json(&entered).await;
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, json!(1)),
+        "{answer}"
+    );
+    assert!(
+        eventually(PATIENCE, || async {
+            property(&sb.sandbox, email, "high_value_customers") == Some(json!(true))
+        })
+        .await
+    );
+    // The exit arrives, and then a late copy of the entry with its older timestamp.
+    let mut late_entry = entered.clone();
+    late_entry["messageId"] = json!("personas_late_copy");
+    let exited = payload("track-engage-audience-exited.json");
+    assert_eq!(relay.post_json(&json!([exited, late_entry])).await.0, 200);
+    assert!(
+        eventually(PATIENCE, || async {
+            property(&sb.sandbox, email, "high_value_customers") == Some(json!(false))
+        })
+        .await
+    );
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"relay_events_received_total{type="track",outcome="stored"} 3"#),
+        "{metrics}"
+    );
+    let (_, ordinary) = relay.post_json(&payload("track-event.json")).await;
+    assert_eq!(ordinary["ignored"], 1);
+}
+
 /// Events that are not Identify calls are acknowledged and counted, not applied.
 #[tokio::test]
 async fn other_event_types_ignored() {
