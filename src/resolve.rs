@@ -6,20 +6,20 @@
 //! look-up per email (`GET /v1/subscribers?email=…`) or by paging the whole subscriber list
 //! 100 at a time (the directory warm-up) when that is cheaper.
 //!
-//! The warm-up rule (see [`should_warm`]): page the directory when the backlog holds more
-//! unresolved emails than the listing would cost in requests. The cost is known once a full
-//! listing has been seen (pages of the last complete walk); before that it is estimated as one
-//! page per 100 unresolved emails. The batch delivery is about to send is a sample of the
-//! backlog; a walk stops early once it has found every email it was after (when the batch is the
-//! whole backlog), or when its pages are resolving fewer than one backlog email each (the
-//! sample's hits scaled up to the backlog; judged after three pages, or later for a small sample,
-//! once a paying walk would have found about three of its emails): the directory is much larger
-//! than the backlog and look-ups are cheaper. Such a walk records the directory as at least twice the
-//! backlog's size, so another walk waits until the backlog has grown that large.
+//! Which to use is a ski-rental choice made with what is known (see [`should_warm`] and
+//! [`walking_pays`]), so that resolving costs about the better of the two, the account's size
+//! unknown in advance. With a directory size known from a complete walk, page it when more
+//! emails are unresolved than it has pages. Without one, fetch a first page once at least
+//! [`MIN_PROBE`] emails are unresolved, then after each page estimate the directory's size from
+//! how many of the batch's emails the pages held so far ([`estimated_pages`]), and walk on
+//! only while the estimated pages left cost less than looking up the backlog emails still
+//! missing (the batch is a sample of the backlog: its misses are scaled up). A walk also ends
+//! once it found every email of a batch that is the whole backlog. A walk that stopped records
+//! its estimate, so another waits until the backlog outgrows it.
 //! After a complete walk, emails it did not find are cached as missing.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,9 @@ use crate::prosperstack::{ApiError, Client, Subscriber};
 
 /// Subscribers a list page returns.
 pub const PAGE_SIZE: u64 = 100;
-/// Pages a walk fetches before it judges whether paging is paying off.
-const PAGES_BEFORE_JUDGING: u64 = 3;
+/// Fewer unresolved emails than this are looked up without a walk: a probe page would cost
+/// more than a fifth of their look-ups.
+pub const MIN_PROBE: u64 = 5;
 
 /// A subscriber as the relay knows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,8 +64,11 @@ pub struct WalkReport {
 pub struct Resolver {
     found: TtlCache<Known>,
     missing: TtlCache<()>,
-    /// Pages of the last complete directory walk (0: never walked).
+    /// The directory's size in pages: exact after a complete walk, estimated after one that
+    /// stopped (0: never walked).
     directory_pages: AtomicU64,
+    /// Whether `directory_pages` is a complete walk's count.
+    directory_exact: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -117,9 +121,9 @@ impl<T: Clone + Send + Sync + 'static> TtlCache<T> {
 pub fn should_warm(unresolved: u64, known_pages: Option<u64>) -> bool {
     match known_pages {
         Some(pages) => unresolved > pages,
-        // Unknown size: worth a try once a full page's worth of emails is waiting; the walk
-        // itself stops when it stops paying off.
-        None => unresolved >= PAGE_SIZE,
+        // Unknown size: a first page is worth a look once it costs at most a fifth of the
+        // look-ups it may save; the walk itself stops as soon as it stops paying off.
+        None => unresolved >= MIN_PROBE,
     }
 }
 
@@ -134,6 +138,7 @@ impl Resolver {
             found: TtlCache::new(ttl, clock.clone()),
             missing: TtlCache::new(negative_ttl, clock),
             directory_pages: AtomicU64::new(0),
+            directory_exact: AtomicBool::new(false),
             metrics,
         }
     }
@@ -220,31 +225,34 @@ impl Resolver {
         if !should_warm(unresolved, known_pages) {
             return Ok(None);
         }
-        // The sample stands for the whole backlog: finding all of it ends the walk early
-        // only when it is the whole backlog.
-        let whole_backlog = backlog <= sample.len() as u64;
-        let scale = unresolved as f64 / wanted.len() as f64;
-        let report = self
-            .walk(client, &wanted, sample, whole_backlog, scale)
-            .await?;
-        if !report.complete && !whole_backlog {
-            // The walk stopped paying: remember how large the directory looks (at least
-            // twice today's backlog), so no walk starts again until the backlog outgrows it.
-            let estimate = report.pages * wanted.len() as u64 / report.found.max(1);
+        let plan = WalkPlan {
+            // The sample stands for the whole backlog: finding all of it ends the walk early
+            // only when it is the whole backlog.
+            stop_when_found: backlog <= sample.len() as u64,
+            scale: unresolved as f64 / wanted.len() as f64,
+            // A complete walk's count is exact: no need to judge as it goes.
+            judge: !self.directory_exact.load(Ordering::Relaxed),
+        };
+        let report = self.walk(client, &wanted, sample, &plan).await?;
+        if !report.complete && !plan.stop_when_found {
+            // Stopped because looking up the rest is cheaper: remember the directory's
+            // estimated size, so no walk starts again until the backlog outgrows it.
+            let estimate = estimated_pages(report.pages, wanted.len() as u64, report.found);
             self.directory_pages
-                .store(estimate.max(2 * unresolved), Ordering::Relaxed);
+                .store(estimate.max(unresolved + 1), Ordering::Relaxed);
+            self.directory_exact.store(false, Ordering::Relaxed);
         }
         Ok(Some(report))
     }
 
-    /// Pages the subscriber list, caching everyone it sees.
+    /// Pages the subscriber list, caching everyone it sees; with `plan.judge`, stops as soon
+    /// as the estimated rest of the walk costs more than looking up the emails still missing.
     async fn walk(
         &self,
         client: &Client,
         wanted: &HashSet<String>,
         sample: &[String],
-        stop_when_found: bool,
-        scale: f64,
+        plan: &WalkPlan,
     ) -> Result<WalkReport, ApiError> {
         let mut report = WalkReport::default();
         let mut remaining = wanted.clone();
@@ -266,13 +274,9 @@ impl Resolver {
                 report.complete = true;
                 break;
             }
-            // Each page must resolve at least one backlog email (the sample's hits scaled up to
-            // the backlog) to beat looking emails up one by one. A small sample says little:
-            // judge only once a paying walk would have found about three of its emails.
-            let judge_after = (3.0 * scale).max(PAGES_BEFORE_JUDGING as f64);
-            let not_paying = report.pages as f64 >= judge_after
-                && (report.found as f64 * scale) < report.pages as f64;
-            if (stop_when_found && remaining.is_empty()) || not_paying {
+            let found_all = plan.stop_when_found && remaining.is_empty();
+            let wanted = wanted.len() as u64;
+            if found_all || (plan.judge && !walking_pays(&report, wanted, plan.scale)) {
                 break;
             }
         }
@@ -281,12 +285,43 @@ impl Resolver {
             for email in sample.iter().filter(|e| remaining.contains(&email_key(e))) {
                 self.missing.insert(email, ()).await;
             }
-        }
-        if report.complete {
             self.directory_pages.store(report.pages, Ordering::Relaxed);
+            self.directory_exact.store(true, Ordering::Relaxed);
         }
         Ok(report)
     }
+}
+
+/// How a walk goes: when it may stop, and how the sample stands for the backlog.
+struct WalkPlan {
+    stop_when_found: bool,
+    /// Backlog emails each sample email stands for.
+    scale: f64,
+    /// Whether to judge after each page if walking on still pays (the size is unknown).
+    judge: bool,
+}
+
+/// The directory's size in pages, estimated from a walk so far: `pages` pages held `found`
+/// of the `wanted` sample emails, so the whole directory holds them all in about
+/// `pages · wanted / found` pages. Smoothed by one on both sides, so no hit yet reads as
+/// "large", not "infinite", and a single lucky hit does not read as "tiny".
+pub fn estimated_pages(pages: u64, wanted: u64, found: u64) -> u64 {
+    pages * (wanted + 1) / (found + 1)
+}
+
+/// Whether walking on is cheaper than looking up what is still missing: the estimated pages
+/// left against the backlog emails not found yet (the sample's misses scaled up). This is the
+/// ski-rental choice made with what the walk has seen: buying (walking) pays while it costs
+/// less than renting (looking up) the rest. Once a sample standing for a larger backlog is all
+/// found it says nothing of what is left; then walking on pays while each page so far found at
+/// least one backlog email.
+pub fn walking_pays(report: &WalkReport, wanted: u64, scale: f64) -> bool {
+    if report.found >= wanted {
+        return report.found as f64 * scale >= report.pages as f64;
+    }
+    let total = estimated_pages(report.pages, wanted, report.found).max(report.pages);
+    let pages_left = (total - report.pages) as f64;
+    pages_left < (wanted - report.found) as f64 * scale
 }
 
 #[cfg(test)]
@@ -301,10 +336,74 @@ mod tests {
         assert!(should_warm(3, Some(1)));
     }
 
-    /// Unknown directory size: try once a page's worth is waiting.
+    /// Unknown directory size: a first page once enough emails wait for it to cost at most a
+    /// fifth of their look-ups.
     #[test]
     fn warm_rule_unknown_size() {
-        assert!(!should_warm(99, None));
-        assert!(should_warm(100, None));
+        assert!(!should_warm(MIN_PROBE - 1, None));
+        assert!(should_warm(MIN_PROBE, None));
+    }
+
+    /// The estimate reads "large" from no hits, and the walk's size from steady hits.
+    #[test]
+    fn estimated_pages_table() {
+        assert_eq!(estimated_pages(1, 30, 0), 31);
+        assert_eq!(estimated_pages(1, 30, 11), 2);
+        assert_eq!(estimated_pages(4, 200, 39), 20);
+    }
+
+    /// Resolving costs: the decision as a walk makes it (pages in creation order, the wanted
+    /// emails at random among them), then look-ups for what the walk did not find.
+    fn simulated_cost(wanted: u64, account: u64, rng: &mut impl rand::Rng) -> u64 {
+        let spots = rand::seq::index::sample(rng, account as usize, wanted as usize).into_vec();
+        let pages_in_account = account.div_ceil(PAGE_SIZE);
+        let sample_size = wanted.min(200);
+        let in_sample = |i: usize| (i as u64) < sample_size;
+        let scale = wanted as f64 / sample_size as f64;
+        if !should_warm(wanted, None) {
+            return wanted;
+        }
+        let mut report = WalkReport::default();
+        loop {
+            report.pages += 1;
+            let upto = (report.pages * PAGE_SIZE) as usize;
+            let seen: Vec<usize> = (0..spots.len()).filter(|&i| spots[i] < upto).collect();
+            let found_all = seen.len() as u64;
+            report.found = seen.iter().filter(|&&i| in_sample(i)).count() as u64;
+            if report.pages >= pages_in_account {
+                return report.pages;
+            }
+            let whole = wanted <= 200 && report.found == sample_size;
+            if whole || !walking_pays(&report, sample_size, scale) {
+                return report.pages + (wanted - found_all);
+            }
+        }
+    }
+
+    /// Across account sizes unknown in advance, finding subscribers costs about the better of
+    /// looking each up and paging the directory (at most 1.25 ×, over 40 placements each).
+    #[test]
+    fn walking_pays_stays_near_the_better_choice() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (wanted, account) in [
+            (30u64, 250u64),
+            (30, 2500),
+            (30, 25000),
+            (300, 2500),
+            (300, 25000),
+            (3000, 25000),
+        ] {
+            let better = wanted.min(account.div_ceil(PAGE_SIZE));
+            let worst = (0..40)
+                .map(|_| simulated_cost(wanted, account, &mut rng))
+                .max()
+                .unwrap_or(0);
+            let ratio = worst as f64 / better as f64;
+            assert!(
+                ratio <= 1.25,
+                "{wanted} emails in {account}: {worst} requests for {better}"
+            );
+        }
     }
 }

@@ -99,3 +99,23 @@ async fn walk_stops_when_the_directory_dwarfs_the_backlog() {
     assert!((1..=10).contains(&pages), "{pages} pages: {stats:?}");
     assert_eq!(stats.subscriber_updates, 100, "{stats:?}");
 }
+
+/// A burst of a few dozen emails in an account of a few hundred subscribers: three list pages
+/// find them all, where looking each up would cost thirty requests. The account's size is
+/// unknown to the relay; the walk's first pages tell it paging is the cheaper way.
+#[tokio::test]
+async fn small_burst_in_a_small_account_pages_the_directory() {
+    let sb = demo_sandbox().await;
+    let members = create_members(&sb.sandbox, "burst", 247);
+    // Thirty of them, spread through the directory.
+    let wanted: Vec<String> = members.iter().step_by(8).take(30).cloned().collect();
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    assert_eq!(relay.post_json(&plan_events("b", &wanted)).await.0, 200);
+    assert!(eventually(PATIENCE, || async { all_have_plan(&sb.sandbox, &wanted) }).await);
+    let finding = subscriber_list_requests(&sb.sandbox);
+    // 250 subscribers are 3 pages; about 1.2 × that at most.
+    assert!(
+        finding <= 4,
+        "{finding} requests to find 30 subscribers in 250"
+    );
+}

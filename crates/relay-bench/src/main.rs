@@ -28,6 +28,7 @@ mod measure;
 mod memory;
 mod naive;
 mod recorder;
+mod walk_cost;
 mod workload;
 
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ pub use engage_sync::EngageArgs;
 pub use fuzz::FuzzArgs;
 pub use ingest::IngestArgs;
 pub use memory::MemoryArgs;
+pub use walk_cost::WalkArgs;
 
 /// `relay-bench …`
 #[derive(Debug, Parser)]
@@ -67,6 +69,9 @@ pub enum Benchmark {
     /// Generated hostile inputs through body parsing, signature checking, Identify
     /// normalisation and value typing, in-process; exit code 1 on any panic or broken invariant.
     Fuzz(FuzzArgs),
+    /// Requests spent finding subscribers for a burst of distinct emails, against the better
+    /// of looking each up and paging the directory, across account sizes.
+    WalkCost(WalkArgs),
 }
 
 #[tokio::main]
@@ -85,6 +90,7 @@ async fn run(args: BenchArgs) -> ExitCode {
         Benchmark::EngageSync(a) => engage_sync::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Ingest(a) => ingest::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Memory(a) => memory::run(a).await.map(|r| emit(&r, args.json)),
+        Benchmark::WalkCost(a) => walk_cost::run(a).await.map(|r| emit(&r, args.json)),
         // CPU-bound and synchronous: it runs on this thread, nothing else is scheduled meanwhile.
         Benchmark::Fuzz(a) => fuzz::run(a).map(|r| {
             emit(&r, args.json);

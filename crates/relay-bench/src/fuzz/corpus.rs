@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 /// Every file of `tests/fixtures/segment-payloads/`, by name.
-const FIXTURES: [(&str, &str); 9] = [
+const FIXTURES: [(&str, &str); 12] = [
     (
         "batch-tracking-api.json",
         include_str!("../../../../tests/fixtures/segment-payloads/batch-tracking-api.json"),
@@ -43,6 +43,24 @@ const FIXTURES: [(&str, &str); 9] = [
     (
         "identify-no-email.json",
         include_str!("../../../../tests/fixtures/segment-payloads/identify-no-email.json"),
+    ),
+    (
+        "track-engage-audience-entered.json",
+        include_str!(
+            "../../../../tests/fixtures/segment-payloads/track-engage-audience-entered.json"
+        ),
+    ),
+    (
+        "track-engage-audience-exited.json",
+        include_str!(
+            "../../../../tests/fixtures/segment-payloads/track-engage-audience-exited.json"
+        ),
+    ),
+    (
+        "track-engage-computed-trait.json",
+        include_str!(
+            "../../../../tests/fixtures/segment-payloads/track-engage-computed-trait.json"
+        ),
     ),
     (
         "track-event.json",

@@ -173,6 +173,7 @@ pub fn check_normalise(
             })?;
             Ok(("delete", None))
         }
+        ("track", out) => check_track(obj, received_ms, out),
         (kind, out) => {
             let expected = match kind {
                 "identify" => false,
@@ -190,6 +191,59 @@ pub fn check_normalise(
             Ok(("ignored type", None))
         }
     }
+}
+
+/// A Track is Engage's form of an Identify when `context.personas` names a computation (both
+/// strings) and `properties` holds its key: it must normalise as that Identify would; any other
+/// Track is ignored.
+fn check_track(
+    obj: &Map<String, Value>,
+    received_ms: i64,
+    out: Result<Event, EventError>,
+) -> Result<(&'static str, Option<IdentifyUpdate>), Violation> {
+    let Some(equivalent) = engage_identify(obj) else {
+        let ignored = out
+            == Ok(Event::Ignored {
+                event_type: "track".into(),
+            });
+        ensure(
+            ignored,
+            "normalise: a Track that is not Engage's is ignored",
+            || format!("{out:?}"),
+        )?;
+        return Ok(("ignored type", None));
+    };
+    match out {
+        Ok(Event::Identify(update)) => {
+            check_update(&equivalent, received_ms, &update)?;
+            Ok(("engage track", Some(update)))
+        }
+        other => {
+            let no_id = usable_id(obj.get("userId")).is_none()
+                && usable_id(obj.get("anonymousId")).is_none();
+            let refused = matches!(other, Err(EventError::Invalid(_)));
+            ensure(
+                no_id && refused,
+                "normalise: an Engage Track is the Identify it stands for",
+                || format!("{other:?}"),
+            )?;
+            Ok(("engage track refused", None))
+        }
+    }
+}
+
+/// The Identify an Engage Track stands for: the same event with the computation's value as its
+/// only trait, or `None` for any other Track.
+fn engage_identify(obj: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let personas = obj.get("context")?.get("personas")?;
+    personas.get("computation_class")?.as_str()?;
+    let key = personas.get("computation_key")?.as_str()?;
+    let value = obj.get("properties")?.as_object()?.get(key)?.clone();
+    let mut equivalent = obj.clone();
+    let mut traits = Map::new();
+    traits.insert(key.to_owned(), value);
+    equivalent.insert("traits".into(), Value::Object(traits));
+    Some(equivalent)
 }
 
 /// Segment ids are text; some libraries send numbers.
