@@ -317,13 +317,14 @@ mod tests {
         }
     }
 
-    /// A few thousand executions of every target find nothing (fixed seed: the same inputs each time).
+    /// Two thousand executions (500 a target) find nothing (fixed seed: the same inputs each
+    /// time); the 30 s run in CI and `relay-bench fuzz` itself go much further.
     #[test]
     fn every_target_runs_clean() {
-        let report = run(args(TargetChoice::All, 8_000)).expect("runs");
-        assert_eq!(report.executions, 8_000);
+        let report = run(args(TargetChoice::All, 2_000)).expect("runs");
+        assert_eq!(report.executions, 2_000);
         for t in &report.targets {
-            assert_eq!(t.executions, 2_000, "{}", t.target);
+            assert_eq!(t.executions, 500, "{}", t.target);
         }
         assert!(report.clean(), "{:#?}", report.findings);
     }
