@@ -127,134 +127,148 @@ impl Metrics {
             dead_lettered: Family::default(),
             retries: Counter::default(),
         };
-        let r = &mut registry;
+        m.register_events_and_queue(&mut registry);
+        m.register_delivery(&mut registry);
+        m.register_upstream(&mut registry);
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        m
+    }
+
+    /// Segment's events, and the queue's figures.
+    fn register_events_and_queue(&self, r: &mut Registry) {
         r.register(
             "events_received",
             "Segment events received, by type and outcome (stored, duplicate, ignored, rejected)",
-            m.events_received.clone(),
+            self.events_received.clone(),
         );
         r.register(
             "events_rejected",
             "Segment events rejected, by reason",
-            m.events_rejected.clone(),
+            self.events_rejected.clone(),
         );
         r.register(
             "queue_depth",
             "Events stored and not yet delivered",
-            m.queue_depth.clone(),
+            self.queue_depth.clone(),
         );
         r.register(
             "queue_subscribers",
             "Subscribers (emails) with queued events",
-            m.queue_subscribers.clone(),
+            self.queue_subscribers.clone(),
         );
         r.register(
             "queue_oldest_age_seconds",
             "Age of the oldest queued event",
-            m.oldest_queued_age.clone(),
+            self.oldest_queued_age.clone(),
         );
         r.register(
             "queue_state_subscribers",
             "Subscribers with queued updates, by state (due, waiting, retrying)",
-            m.state_subscribers.clone(),
+            self.state_subscribers.clone(),
         );
         r.register(
             "queue_state_events",
             "Queued events, by their subscriber's state (due, waiting, retrying)",
-            m.state_events.clone(),
+            self.state_events.clone(),
         );
         r.register(
             "queue_state_oldest_age_seconds",
             "Age of the oldest queued event, by state (due, waiting, retrying)",
-            m.state_oldest_age.clone(),
+            self.state_oldest_age.clone(),
         );
         r.register(
             "store_bytes",
             "What the store takes on disk",
-            m.store_bytes.clone(),
+            self.store_bytes.clone(),
         );
+    }
+
+    /// What delivery did: updates, left-out traits and values, dead letters, retries.
+    fn register_delivery(&self, r: &mut Registry) {
         r.register(
             "updates_sent",
             "Subscriber updates sent to ProsperStack",
-            m.updates_sent.clone(),
+            self.updates_sent.clone(),
         );
         r.register(
             "updates_coalesced",
             "Upstream requests saved by merging several events for one subscriber into one update",
-            m.updates_coalesced.clone(),
+            self.updates_coalesced.clone(),
         );
         r.register(
             "updates_skipped",
             "Subscriber updates not sent because they would change nothing",
-            m.updates_skipped.clone(),
+            self.updates_skipped.clone(),
         );
         r.register(
             "traits_unmatched",
             "Traits that matched no ProsperStack property and were not sent",
-            m.properties_unmatched.clone(),
+            self.properties_unmatched.clone(),
         );
         r.register(
             "values_dropped",
             "Trait values dropped because they could not be converted to the property's type",
-            m.values_dropped.clone(),
-        );
-        r.register(
-            "upstream_requests",
-            "Requests to the ProsperStack API, by endpoint template and status",
-            m.upstream_requests.clone(),
-        );
-        r.register(
-            "upstream_request_duration_seconds",
-            "Latency of requests to the ProsperStack API",
-            m.upstream_latency.clone(),
-        );
-        r.register(
-            "upstream_rate_limited",
-            "429 answers from ProsperStack",
-            m.upstream_rate_limited.clone(),
-        );
-        r.register(
-            "budget_remaining",
-            "RateLimit-Remaining as last reported by ProsperStack",
-            m.budget_remaining.clone(),
-        );
-        r.register(
-            "upstream_key_refused",
-            "1 while ProsperStack refuses the API key (401/403): delivery is paused",
-            m.key_refused.clone(),
-        );
-        r.register(
-            "cache_lookups",
-            "Cache look-ups, by cache and result (hit, miss)",
-            m.cache_lookups.clone(),
-        );
-        r.register(
-            "subscribers_resolved",
-            "Emails resolved to subscriber ids, by method (lookup, directory)",
-            m.subscribers_resolved.clone(),
-        );
-        r.register(
-            "directory_pages",
-            "Subscriber list pages fetched to warm the directory",
-            m.directory_pages.clone(),
+            self.values_dropped.clone(),
         );
         r.register(
             "dead_letters",
             "Dead letters currently stored",
-            m.dead_letters.clone(),
+            self.dead_letters.clone(),
         );
         r.register(
             "dead_lettered",
             "Updates or properties that became dead letters, by reason",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         r.register(
             "delivery_retries",
             "Deliveries rescheduled after a failure",
-            m.retries.clone(),
+            self.retries.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
-        m
+    }
+
+    /// ProsperStack: requests, latency, the budget, the key, finding subscribers.
+    fn register_upstream(&self, r: &mut Registry) {
+        r.register(
+            "upstream_requests",
+            "Requests to the ProsperStack API, by endpoint template and status",
+            self.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_request_duration_seconds",
+            "Latency of requests to the ProsperStack API",
+            self.upstream_latency.clone(),
+        );
+        r.register(
+            "upstream_rate_limited",
+            "429 answers from ProsperStack",
+            self.upstream_rate_limited.clone(),
+        );
+        r.register(
+            "budget_remaining",
+            "RateLimit-Remaining as last reported by ProsperStack",
+            self.budget_remaining.clone(),
+        );
+        r.register(
+            "upstream_key_refused",
+            "1 while ProsperStack refuses the API key (401/403): delivery is paused",
+            self.key_refused.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Cache look-ups, by cache and result (hit, miss)",
+            self.cache_lookups.clone(),
+        );
+        r.register(
+            "subscribers_resolved",
+            "Emails resolved to subscriber ids, by method (lookup, directory)",
+            self.subscribers_resolved.clone(),
+        );
+        r.register(
+            "directory_pages",
+            "Subscriber list pages fetched to warm the directory",
+            self.directory_pages.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every metric.
