@@ -36,6 +36,11 @@ pub const PAGE_SIZE: u64 = 100;
 /// Fewer unresolved emails than this are looked up without a walk: a probe page would cost
 /// more than a fifth of their look-ups.
 pub const MIN_PROBE: u64 = 5;
+/// A walk whose size is unknown pages at least this share of the backlog's look-ups before it
+/// judges: when look-ups win, such a probe costs at most a twentieth more; when walking wins, it
+/// keeps one unlucky page that held none of the emails from sending them all to look-ups (100
+/// emails in a 25-page directory cost 101 requests for 25 when a single empty page decided).
+pub const PROBE_SHARE: f64 = 0.05;
 
 /// A subscriber as the relay knows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,8 +319,12 @@ pub fn estimated_pages(pages: u64, wanted: u64, found: u64) -> u64 {
 /// ski-rental choice made with what the walk has seen: buying (walking) pays while it costs
 /// less than renting (looking up) the rest. Once a sample standing for a larger backlog is all
 /// found it says nothing of what is left; then walking on pays while each page so far found at
-/// least one backlog email.
+/// least one backlog email. Before any of that, a walk pages [`PROBE_SHARE`] of the backlog's
+/// look-ups, so that an estimate is never made from too few pages.
 pub fn walking_pays(report: &WalkReport, wanted: u64, scale: f64) -> bool {
+    if (report.pages as f64) < (wanted as f64 * scale * PROBE_SHARE).floor() {
+        return true;
+    }
     if report.found >= wanted {
         return report.found as f64 * scale >= report.pages as f64;
     }
@@ -380,6 +389,21 @@ mod tests {
         }
     }
 
+    /// One page that held none of a large backlog's emails is too little to judge by (100
+    /// emails in a 25-page directory miss a given page one time in fifty); for a small backlog
+    /// the first page may decide.
+    #[test]
+    fn one_empty_page_does_not_decide_for_a_large_backlog() {
+        let first = WalkReport {
+            pages: 1,
+            found: 0,
+            complete: false,
+        };
+        assert!(walking_pays(&first, 100, 1.0));
+        assert!(walking_pays(&first, 50, 2.0));
+        assert!(!walking_pays(&first, 10, 1.0));
+    }
+
     /// Across account sizes unknown in advance, finding subscribers costs about the better of
     /// looking each up and paging the directory (at most 1.25 ×, over 40 placements each).
     #[test]
@@ -390,6 +414,7 @@ mod tests {
             (30u64, 250u64),
             (30, 2500),
             (30, 25000),
+            (100, 2500),
             (300, 2500),
             (300, 25000),
             (3000, 25000),

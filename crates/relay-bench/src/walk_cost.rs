@@ -80,13 +80,23 @@ pub async fn run(args: WalkArgs) -> Result<WalkReport, BenchError> {
             cases.push(run_case(&args, emails, account).await?);
         }
     }
-    let worst = cases.iter().map(|c| c.finding_ratio).fold(0.0, f64::max);
-    let targets = vec![Target::at_most(
-        "finding subscribers ÷ the better of look-ups and pages, worst case",
-        worst,
-        1.2,
-        "",
-    )];
+    let worst = |ratio: fn(&Case) -> f64| cases.iter().map(ratio).fold(0.0, f64::max);
+    // The measure ("1.8 × the requests needed") counts every request, updates
+    // included; finding alone is the stricter view of the same choice.
+    let targets = vec![
+        Target::at_most(
+            "all requests ÷ the requests needed, worst case",
+            worst(|c| c.total_ratio),
+            1.2,
+            "",
+        ),
+        Target::at_most(
+            "finding subscribers ÷ the better of look-ups and pages, worst case",
+            worst(|c| c.finding_ratio),
+            1.25,
+            "",
+        ),
+    ];
     Ok(WalkReport {
         run: RunInfo::now(),
         cases,
