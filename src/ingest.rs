@@ -2,7 +2,8 @@
 //!
 //! In: `POST /v1/segment` with one event, a JSON array of events (Webhooks (Actions) batching)
 //! or `{"batch": [...]}` (the Tracking API shape), optionally signed (`X-Signature`) and/or
-//! carrying a bearer token.
+//! carrying a bearer token; and Segment's Tracking API itself (`/v1/batch`, `/v1/identify`, …,
+//! with write keys and gzip: the `tracking` module), for backends and RudderStack.
 //! Out: events handed to the store; the answer only after the store committed them.
 //!
 //! Stays true:
@@ -50,8 +51,10 @@ pub struct SegmentSettings {
     /// When set, `Authorization: Bearer <token>` is required.
     #[serde(deserialize_with = "config::optional_secret")]
     pub ingest_token: Option<Secret>,
-    /// Larger bodies are answered 413.
+    /// Larger bodies are answered 413 (after decompression, for gzipped bodies).
     pub max_body_bytes: usize,
+    /// Write keys accepted on the Tracking API endpoints (`/v1/batch`, `/v1/identify`, …).
+    pub write_keys: WriteKeys,
 }
 
 impl Default for SegmentSettings {
@@ -60,6 +63,7 @@ impl Default for SegmentSettings {
             shared_secret: None,
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
+            write_keys: WriteKeys::default(),
         }
     }
 }
@@ -94,7 +98,8 @@ pub struct IngestState {
 pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/segment", post(receive))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(tracking::router(state))
 }
 
 /// Why a request was refused: mapped to an HTTP answer in one place ([`IntoResponse`]).
@@ -116,6 +121,14 @@ pub enum IngestError {
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
+        let (status, body) = self.answer();
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IngestError {
+    /// The refusal logged, and its status and body: the one mapping every intake answers with.
+    fn answer(self) -> (StatusCode, Value) {
         self.log();
         let status = self.status();
         let body = match self {
@@ -134,11 +147,9 @@ impl IntoResponse for IngestError {
             IngestError::Draining => message("the relay is shutting down; retry later"),
             other => message(&other.to_string()),
         };
-        (status, Json(body)).into_response()
+        (status, body)
     }
-}
 
-impl IngestError {
     /// The answer's status; a request whose every event was refused takes the first refusal's.
     fn status(&self) -> StatusCode {
         match self {
@@ -512,6 +523,9 @@ fn reject(
         error,
     });
 }
+
+mod tracking;
+pub use tracking::WriteKeys;
 
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.shared_secret", "SEGMENT_SHARED_SECRET", Secret),
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
+    row("segment.write_keys", "RELAY_WRITE_KEYS", Secret),
     row("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH", Bool),
     row(
         "mapping.create_audience_properties",
