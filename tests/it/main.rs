@@ -8,6 +8,7 @@
 //! - [`emails`]: one person whatever the case of their email.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
+//! - [`node_clients`]: the real `@segment/analytics-node` and `@rudderstack/rudder-sdk-node` send through the relay.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
@@ -27,6 +28,7 @@ mod doctor;
 mod efficiency;
 mod emails;
 mod latest_wins;
+mod node_clients;
 mod operations;
 mod operators;
 mod preview;
