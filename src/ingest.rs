@@ -93,6 +93,8 @@ pub struct IngestState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Dates each event's arrival.
     pub clock: SharedClock,
+    /// Where Identifies carry a platform ID (`mapping.platform_id_trait`), if anywhere.
+    pub platform_ids: Option<identify::PlatformIdSource>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -436,7 +438,7 @@ fn admit(
         .get("messageId")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    match identify::normalise(&value, received) {
+    match identify::normalise(&value, received).map(|e| with_platform_id(state, e)) {
         Ok(identify::Event::Ignored { event_type }) => {
             answer.ignored += 1;
             state.metrics.event_received(&event_type, "ignored");
@@ -466,6 +468,17 @@ fn admit(
     }
 }
 
+/// An Identify with its platform ID filled in, when the settings say where it is.
+fn with_platform_id(state: &IngestState, event: identify::Event) -> identify::Event {
+    match (event, &state.platform_ids) {
+        (identify::Event::Identify(mut update), Some(source)) => {
+            update.platform_id = source.of(update.user_id.as_deref(), &update.traits);
+            identify::Event::Identify(update)
+        }
+        (event, _) => event,
+    }
+}
+
 /// Counts what the store made of one event in the answer and the metrics.
 fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestOutcome) {
     let counted = match outcome {
@@ -482,7 +495,7 @@ fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestO
             "ignored"
         }
         IngestOutcome::NoEmail => {
-            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
+            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId (nor a platform ID, when mapping.platform_id_trait is set)";
             let (index, message_id) = (event.index, event.message_id);
             reject(
                 state,

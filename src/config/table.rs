@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     Duration,
     /// An HTTP verb for subscriber updates: `PUT` or `PATCH`.
     Verb,
+    /// Free text, such as a trait name.
+    Text,
 }
 
 /// One setting: where it sits in the file and which variable sets it.
@@ -70,6 +72,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "RELAY_CREATE_AUDIENCE_PROPERTIES",
         Bool,
     ),
+    row("mapping.platform_id_trait", "RELAY_PLATFORM_ID_TRAIT", Text),
     row(
         "mapping.catalogue_refresh",
         "RELAY_CATALOGUE_REFRESH",
@@ -216,6 +219,7 @@ impl Kind {
             Bool => "true or false",
             Duration => "a duration like 20s, 5m, 24h, 7d",
             Verb => "PUT or PATCH",
+            Text => "text",
         }
     }
 
@@ -242,7 +246,7 @@ impl Kind {
             },
             // A secret is taken byte for byte: trimming could turn a wrong one into a right one.
             Secret => Ok(toml::Value::String(raw.to_owned())),
-            Address | Url | Path | LogFormat | Duration | Verb => {
+            Address | Url | Path | LogFormat | Duration | Verb | Text => {
                 Ok(toml::Value::String(text.to_owned()))
             }
         }

@@ -338,7 +338,7 @@ fn bad_file_values_name_key_variable_and_line() {
 /// Paths and the optional secrets accept any text; every other kind can be wrong.
 fn can_be_bad(setting: &table::Setting) -> bool {
     match setting.kind {
-        Kind::Path => false,
+        Kind::Path | Kind::Text => false,
         Kind::Secret => setting.key == "prosperstack.api_key",
         _ => true,
     }
@@ -620,6 +620,7 @@ fn every_setting_reads_alike_from_file_and_env() {
             Kind::Bool => "false",
             Kind::Duration => "7m",
             Kind::Verb => "PATCH",
+            Kind::Text => "stripe_customer_id",
         };
         let value = setting.kind.to_toml(sample).unwrap();
         let f = toml_file(&file_line(setting.key, &value.to_string()));

@@ -14,6 +14,7 @@
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
 //! - [`cli_edges`]: replay's usage and unknown ids, `--sandbox` for tools, health URLs, taken ports.
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
+//! - [`platform_ids`]: Identifies without a usable email land by platform ID.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
 //! - [`tracking`]: the Tracking API endpoints (`/v1/batch`, …): write keys, basic auth, gzip.
@@ -31,6 +32,7 @@ mod latest_wins;
 mod node_clients;
 mod operations;
 mod operators;
+mod platform_ids;
 mod preview;
 mod quick_start;
 mod relay;
