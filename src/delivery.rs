@@ -338,6 +338,13 @@ impl Delivery {
     /// by one); an email that finds none falls back to the platform ID its latest event
     /// carries, when `mapping.platform_id_trait` says where that is.
     async fn resolve(&self, job: &Job) -> Result<Resolution, ApiError> {
+        if let Some(alias) = self.resolver.alias_of(&job.email).await {
+            let by_alias = self.resolver.resolve(&self.client, &alias, &[]).await?;
+            if matches!(by_alias, Resolution::Found(_)) {
+                self.activity.resolved(true);
+                return Ok(by_alias);
+            }
+        }
         let by_key = self
             .resolver
             .resolve(&self.client, &job.email, &job.spellings)
@@ -350,16 +357,22 @@ impl Delivery {
                 .find_map(|e| source.of(e.user_id.as_deref(), &e.traits)),
             _ => None,
         };
-        match fallback {
-            Some(platform_id) => {
-                let subscriber = crate::telemetry::email_tag(&job.email);
-                tracing::debug!(%subscriber, "no subscriber with this email; trying its platform ID");
-                self.resolver
-                    .resolve_platform_id_for(&self.client, &job.email, &platform_id)
-                    .await
+        let Some(platform_id) = fallback else {
+            if matches!(by_key, Resolution::Found(_)) {
+                self.activity.resolved(platform_id_in(&job.email).is_some());
             }
-            None => Ok(by_key),
+            return Ok(by_key);
+        };
+        let subscriber = crate::telemetry::email_tag(&job.email);
+        tracing::debug!(%subscriber, "no subscriber with this email; trying its platform ID");
+        let by_platform_id = self
+            .resolver
+            .resolve_platform_id_for(&self.client, &job.email, &platform_id)
+            .await?;
+        if matches!(by_platform_id, Resolution::Found(_)) {
+            self.activity.resolved(true);
         }
+        Ok(by_platform_id)
     }
 
     /// Sends the update; a property ProsperStack refuses is taken out and the rest re-sent.

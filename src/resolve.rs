@@ -67,6 +67,8 @@ pub struct WalkReport {
 pub struct Resolver {
     found: TtlCache<Known>,
     missing: TtlCache<()>,
+    /// Email → the platform-ID key that found its subscriber when the email found no one.
+    aliases: TtlCache<String>,
     /// The directory's size in pages: exact after a complete walk, estimated after one that
     /// stopped (0: never walked).
     directory_pages: AtomicU64,
@@ -139,6 +141,7 @@ impl Resolver {
     ) -> Resolver {
         Resolver {
             found: TtlCache::new(ttl, clock.clone()),
+            aliases: TtlCache::new(ttl, clock.clone()),
             missing: TtlCache::new(negative_ttl, clock),
             directory_pages: AtomicU64::new(0),
             directory_exact: AtomicBool::new(false),
@@ -206,22 +209,25 @@ impl Resolver {
         }
     }
 
-    /// For an email that finds no subscriber: the subscriber with `platform_id`, if any, which
-    /// the email is then cached as too (its events belong to that subscriber).
+    /// For an email that finds no subscriber: the subscriber with `platform_id`, if any; the
+    /// email is then remembered as an alias of that platform ID ([`Resolver::alias_of`]).
     pub async fn resolve_platform_id_for(
         &self,
         client: &Client,
         email: &str,
         platform_id: &str,
     ) -> Result<Resolution, ApiError> {
-        let resolution = self
-            .resolve(client, &platform_id_key(platform_id), &[])
-            .await?;
-        if let Resolution::Found(known) = &resolution {
-            self.missing.invalidate(email).await;
-            self.found.insert(email, known.clone()).await;
+        let key = platform_id_key(platform_id);
+        let resolution = self.resolve(client, &key, &[]).await?;
+        if let Resolution::Found(_) = &resolution {
+            self.aliases.insert(email, key).await;
         }
         Ok(resolution)
+    }
+
+    /// The platform-ID key that found the subscriber of an email that found no one, if any.
+    pub async fn alias_of(&self, email: &str) -> Option<String> {
+        self.aliases.get(email).await
     }
 
     /// Records a subscriber's current state (from a list page or an update's answer), under
@@ -245,6 +251,11 @@ impl Resolver {
 
     /// Forgets an email (its subscriber was deleted, or an update answered 404).
     pub async fn forget(&self, email: &str) {
+        // An email resolved through a platform ID forgets that subscriber too: it is the same.
+        if let Some(alias) = self.aliases.get(email).await {
+            self.found.invalidate(&alias).await;
+            self.aliases.invalidate(email).await;
+        }
         self.found.invalidate(email).await;
         self.missing.invalidate(email).await;
     }

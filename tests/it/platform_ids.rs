@@ -36,6 +36,14 @@ async fn identify_without_email_is_resolved_by_platform_id() {
     assert!(plan_lands(&sb, "ByPlatformId").await);
     let (_, metrics) = relay.get("/metrics").await;
     assert!(metrics.contains("method=\"platform_id\""), "{metrics}");
+    assert_eq!(resolved_by_platform_id(&relay).await, 1);
+}
+
+/// What `/status` says of the subscribers found by platform ID.
+async fn resolved_by_platform_id(relay: &TestRelay) -> u64 {
+    let (_, status) = relay.get("/status").await;
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    status["resolved_by"]["platform_id"].as_u64().unwrap_or(0)
 }
 
 /// An email that finds no subscriber falls back to the platform ID in the configured trait.
@@ -56,6 +64,7 @@ async fn unknown_email_falls_back_to_the_platform_id_trait() {
     let (status, answer) = relay.post_json(&event).await;
     assert_eq!(status, 200, "{answer}");
     assert!(plan_lands(&sb, "FromWorkEmail").await);
+    assert_eq!(resolved_by_platform_id(&relay).await, 1);
 }
 
 /// No email and no platform ID stays a 422, the setting set or not.
