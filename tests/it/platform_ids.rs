@@ -81,3 +81,34 @@ async fn neither_email_nor_platform_id_is_422() {
     let (status, answer) = relay.post_json(&event).await;
     assert_eq!(status, 422, "{answer}");
 }
+
+/// A backlog of email-less Identifies is found by paging the directory, which indexes platform
+/// IDs, not by one look-up each: 30 subscribers in a 35-subscriber account cost one list page.
+#[tokio::test]
+async fn directory_walk_finds_platform_ids() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[("RELAY_PLATFORM_ID_TRAIT", "userId")]).await;
+    let emails = create_members(&sb.sandbox, "walk", 30);
+    let events: Vec<Value> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| {
+            let platform_id = sb
+                .sandbox
+                .subscriber_by_email(email)
+                .expect("member")
+                .platform_id;
+            json!({"type": "identify", "messageId": format!("w-{i}"), "userId": platform_id,
+                   "timestamp": "2024-06-01T00:00:00Z", "traits": {"plan": "Pro"}})
+        })
+        .collect();
+    let (status, answer) = relay.post_json(&Value::Array(events)).await;
+    assert_eq!((status, &answer["accepted"]), (200, &json!(30)), "{answer}");
+    let landed = eventually(PATIENCE, || async { all_have_plan(&sb.sandbox, &emails) }).await;
+    assert!(landed, "not every email-less Identify landed");
+    let requests = subscriber_list_requests(&sb.sandbox);
+    assert!(
+        requests <= 2,
+        "{requests} GET /v1/subscribers for 30 subscribers"
+    );
+}
