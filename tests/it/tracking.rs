@@ -173,3 +173,24 @@ async fn no_write_keys_configured_is_explained() {
     let (status, _) = relay.post_json(&plan_identify("n-2", "Segment")).await;
     assert_eq!(status, 200);
 }
+
+/// An Engage audience sent as a Track through `/v1/track` is applied as on `/v1/segment`.
+#[tokio::test]
+async fn engage_track_call_is_applied() {
+    let sb = demo_sandbox().await;
+    let relay = relay_with_keys(&sb).await;
+    let mut entered = payload("track-engage-audience-entered.json");
+    entered["writeKey"] = json!(WRITE_KEY);
+    let (status, answer) =
+        post_to(&relay, "/v1/track", entered.to_string().into_bytes(), &[]).await;
+    assert_eq!((status, &answer["accepted"]), (200, &json!(1)), "{answer}");
+    let applied = eventually(PATIENCE, || async {
+        property(
+            &sb.sandbox,
+            "maria.lopez@example.com",
+            "high_value_customers",
+        ) == Some(json!(true))
+    })
+    .await;
+    assert!(applied, "the Engage Track call was not applied");
+}
