@@ -218,6 +218,27 @@ fn bad_key_prefix() {
     assert!(!e.contains("sk_live_123"), "{e}");
 }
 
+/// Write keys: comma-separated in the variable, one a line in a `_FILE`, a list in the file;
+/// never printed.
+#[test]
+fn write_keys_from_env_file_and_list() {
+    let base = ("PROSPERSTACK_API_KEY", "key_abc");
+    let s = Settings::load(None, &env_of(&[base, ("RELAY_WRITE_KEYS", "wk_a, wk_b")])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 2);
+    let file = toml_file("wk_one\nwk_two\r\nwk_three\n");
+    let path = file.path().to_str().unwrap();
+    let s = Settings::load(None, &env_of(&[base, ("RELAY_WRITE_KEYS_FILE", path)])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 3);
+    let debug = format!("{s:?}");
+    assert!(
+        !debug.contains("wk_one") && !debug.contains("wk_three"),
+        "{debug}"
+    );
+    let listed = toml_file("[segment]\nwrite_keys = [\"wk_x\", \"wk_y\"]\n");
+    let s = Settings::load(Some(listed.path()), &env_of(&[base])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 2);
+}
+
 /// Secrets can come from files named by *_FILE variables, and never print in Debug.
 #[test]
 fn secrets_from_files() {

@@ -51,6 +51,10 @@ impl WriteKeys {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether `presented` is one of the keys; every key is compared, each in constant time.
     fn accepts(&self, presented: &str) -> bool {
         self.0.iter().fold(false, |found, key| {
