@@ -219,6 +219,7 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
         wake: parts.wake.clone(),
         draining: parts.draining.clone(),
         clock: parts.clock.clone(),
+        platform_ids: settings.mapping.platform_ids(),
     };
     let health_state = HealthState {
         store: parts.store.clone(),

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, millis, SharedClock};
 use crate::config::ConfigError;
+use crate::identify::platform_id_in;
 use crate::mapping::{self, Catalogue, CatalogueCache, MappingSettings, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
@@ -320,11 +321,7 @@ impl Delivery {
         if plan.properties.is_empty() {
             return Ok(delivered(&plan, Vec::new(), job.attempts + 1));
         }
-        let known = match self
-            .resolver
-            .resolve(&self.client, &job.email, &job.spellings)
-            .await?
-        {
+        let known = match self.resolve(job).await? {
             Resolution::Found(known) => known,
             Resolution::Missing => return Err(Failure::NoSubscriber),
         };
@@ -335,6 +332,47 @@ impl Delivery {
         }
         let rejected = self.send(job, &known, changes).await?;
         Ok(delivered(&plan, rejected, job.attempts + 1))
+    }
+
+    /// The job's subscriber, by its key (an email, or a platform ID for a subscriber known only
+    /// by one); an email that finds none falls back to the platform ID its latest event
+    /// carries, when `mapping.platform_id_trait` says where that is.
+    async fn resolve(&self, job: &Job) -> Result<Resolution, ApiError> {
+        if let Some(alias) = self.resolver.alias_of(&job.email).await {
+            let by_alias = self.resolver.resolve(&self.client, &alias, &[]).await?;
+            if matches!(by_alias, Resolution::Found(_)) {
+                self.activity.resolved(true);
+                return Ok(by_alias);
+            }
+        }
+        let by_key = self
+            .resolver
+            .resolve(&self.client, &job.email, &job.spellings)
+            .await?;
+        let fallback = match (&by_key, self.mapping.platform_ids()) {
+            (Resolution::Missing, Some(source)) if platform_id_in(&job.email).is_none() => job
+                .events
+                .iter()
+                .rev()
+                .find_map(|e| source.of(e.user_id.as_deref(), &e.traits)),
+            _ => None,
+        };
+        let Some(platform_id) = fallback else {
+            if matches!(by_key, Resolution::Found(_)) {
+                self.activity.resolved(platform_id_in(&job.email).is_some());
+            }
+            return Ok(by_key);
+        };
+        let subscriber = crate::telemetry::email_tag(&job.email);
+        tracing::debug!(%subscriber, "no subscriber with this email; trying its platform ID");
+        let by_platform_id = self
+            .resolver
+            .resolve_platform_id_for(&self.client, &job.email, &platform_id)
+            .await?;
+        if matches!(by_platform_id, Resolution::Found(_)) {
+            self.activity.resolved(true);
+        }
+        Ok(by_platform_id)
     }
 
     /// Sends the update; a property ProsperStack refuses is taken out and the rest re-sent.

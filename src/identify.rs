@@ -7,8 +7,12 @@
 //! Stays true: nothing here knows ProsperStack; the email fallback through a remembered
 //! `userId` happens in the store, inside the transaction that stores the event.
 
+mod platform;
+
 use chrono::DateTime;
 use serde_json::{Map, Value};
+
+pub use platform::{platform_id_in, platform_id_key, PlatformIdSource, PLATFORM_ID_KEY};
 
 /// The Engage computation an Identify carries (`context.personas`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,6 +38,9 @@ pub struct IdentifyUpdate {
     pub anonymous_id: Option<String>,
     /// `traits.email`, else `context.traits.email`, trimmed; `None` when neither is a string.
     pub email: Option<String>,
+    /// The subscriber's platform ID, when `mapping.platform_id_trait` is set and the event
+    /// carries one (ingest fills it in: normalising knows no settings).
+    pub platform_id: Option<String>,
     /// Milliseconds since the epoch: `timestamp`, else `originalTimestamp`, else `receivedAt`,
     /// else the time the relay received it.
     pub timestamp_ms: i64,
@@ -84,7 +91,12 @@ pub enum EventError {
 /// The spelling as sent is kept beside it for look-ups, since ProsperStack's email filter may
 /// compare exactly.
 pub fn email_key(email: &str) -> String {
-    email.trim().to_ascii_lowercase()
+    let email = email.trim();
+    // A subscriber known only by its platform ID is queued under that (case-sensitive) ID.
+    if email.starts_with(PLATFORM_ID_KEY) {
+        return email.to_owned();
+    }
+    email.to_ascii_lowercase()
 }
 
 /// Normalises one event. `received_ms` is used when the event carries no usable time, and
@@ -148,6 +160,7 @@ fn identify(obj: &Map<String, Value>, received_ms: i64) -> Result<IdentifyUpdate
         user_id,
         anonymous_id,
         email,
+        platform_id: None,
         timestamp_ms: event_time(obj).unwrap_or(received_ms),
         traits: flatten(traits),
         engage: engage(obj),
@@ -181,7 +194,9 @@ fn message_id(obj: &Map<String, Value>, received_ms: i64) -> String {
 
 fn email_from(traits: &Map<String, Value>) -> Option<String> {
     let email = traits.get("email")?.as_str()?.trim();
-    (!email.is_empty()).then(|| email.to_owned())
+    // No email starts so; one that does would pass for a platform ID's queue key.
+    let usable = !email.is_empty() && !email.starts_with(PLATFORM_ID_KEY);
+    usable.then(|| email.to_owned())
 }
 
 /// Flattens `traits.traits` (the shape of the example on Segment's ProsperStack page) into the outer traits; the inner

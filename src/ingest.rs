@@ -2,7 +2,8 @@
 //!
 //! In: `POST /v1/segment` with one event, a JSON array of events (Webhooks (Actions) batching)
 //! or `{"batch": [...]}` (the Tracking API shape), optionally signed (`X-Signature`) and/or
-//! carrying a bearer token.
+//! carrying a bearer token; and Segment's Tracking API itself (`/v1/batch`, `/v1/identify`, …,
+//! with write keys and gzip: the `tracking` module), for backends and RudderStack.
 //! Out: events handed to the store; the answer only after the store committed them.
 //!
 //! Stays true:
@@ -50,8 +51,10 @@ pub struct SegmentSettings {
     /// When set, `Authorization: Bearer <token>` is required.
     #[serde(deserialize_with = "config::optional_secret")]
     pub ingest_token: Option<Secret>,
-    /// Larger bodies are answered 413.
+    /// Larger bodies are answered 413 (after decompression, for gzipped bodies).
     pub max_body_bytes: usize,
+    /// Write keys accepted on the Tracking API endpoints (`/v1/batch`, `/v1/identify`, …).
+    pub write_keys: WriteKeys,
 }
 
 impl Default for SegmentSettings {
@@ -60,6 +63,7 @@ impl Default for SegmentSettings {
             shared_secret: None,
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
+            write_keys: WriteKeys::default(),
         }
     }
 }
@@ -89,12 +93,15 @@ pub struct IngestState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Dates each event's arrival.
     pub clock: SharedClock,
+    /// Where Identifies carry a platform ID (`mapping.platform_id_trait`), if anywhere.
+    pub platform_ids: Option<identify::PlatformIdSource>,
 }
 
 pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/segment", post(receive))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(tracking::router(state))
 }
 
 /// Why a request was refused: mapped to an HTTP answer in one place ([`IntoResponse`]).
@@ -116,6 +123,14 @@ pub enum IngestError {
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
+        let (status, body) = self.answer();
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IngestError {
+    /// The refusal logged, and its status and body: the one mapping every intake answers with.
+    fn answer(self) -> (StatusCode, Value) {
         self.log();
         let status = self.status();
         let body = match self {
@@ -134,11 +149,9 @@ impl IntoResponse for IngestError {
             IngestError::Draining => message("the relay is shutting down; retry later"),
             other => message(&other.to_string()),
         };
-        (status, Json(body)).into_response()
+        (status, body)
     }
-}
 
-impl IngestError {
     /// The answer's status; a request whose every event was refused takes the first refusal's.
     fn status(&self) -> StatusCode {
         match self {
@@ -425,7 +438,7 @@ fn admit(
         .get("messageId")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    match identify::normalise(&value, received) {
+    match identify::normalise(&value, received).map(|e| with_platform_id(state, e)) {
         Ok(identify::Event::Ignored { event_type }) => {
             answer.ignored += 1;
             state.metrics.event_received(&event_type, "ignored");
@@ -455,6 +468,17 @@ fn admit(
     }
 }
 
+/// An Identify with its platform ID filled in, when the settings say where it is.
+fn with_platform_id(state: &IngestState, event: identify::Event) -> identify::Event {
+    match (event, &state.platform_ids) {
+        (identify::Event::Identify(mut update), Some(source)) => {
+            update.platform_id = source.of(update.user_id.as_deref(), &update.traits);
+            identify::Event::Identify(update)
+        }
+        (event, _) => event,
+    }
+}
+
 /// Counts what the store made of one event in the answer and the metrics.
 fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestOutcome) {
     let counted = match outcome {
@@ -471,7 +495,7 @@ fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestO
             "ignored"
         }
         IngestOutcome::NoEmail => {
-            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId";
+            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId (nor a platform ID, when mapping.platform_id_trait is set)";
             let (index, message_id) = (event.index, event.message_id);
             reject(
                 state,
@@ -512,6 +536,9 @@ fn reject(
         error,
     });
 }
+
+mod tracking;
+pub use tracking::WriteKeys;
 
 #[cfg(test)]
 mod tests;

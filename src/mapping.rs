@@ -50,6 +50,9 @@ pub struct MappingSettings {
     /// How long the property catalogue is cached.
     #[serde(with = "humantime_serde")]
     pub catalogue_refresh: Duration,
+    /// Where an event carries its subscriber's platform ID (a trait name, or `userId`), for
+    /// Identifies without a usable email; none when unset.
+    pub platform_id_trait: Option<String>,
 }
 
 impl Default for MappingSettings {
@@ -58,7 +61,15 @@ impl Default for MappingSettings {
             snake_case_match: true,
             create_audience_properties: false,
             catalogue_refresh: Duration::from_secs(300),
+            platform_id_trait: None,
         }
+    }
+}
+
+impl MappingSettings {
+    /// Where events carry their platform ID, if the setting names a place.
+    pub fn platform_ids(&self) -> Option<crate::identify::PlatformIdSource> {
+        crate::identify::PlatformIdSource::from_setting(self.platform_id_trait.as_deref())
     }
 }
 

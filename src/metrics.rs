@@ -261,7 +261,7 @@ impl Metrics {
         );
         r.register(
             "subscribers_resolved",
-            "Emails resolved to subscriber ids, by method (lookup, directory)",
+            "Emails (or platform IDs) resolved to subscriber ids, by method (lookup, platform_id, directory)",
             self.subscribers_resolved.clone(),
         );
         r.register(

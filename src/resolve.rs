@@ -1,6 +1,8 @@
 //! Resolve: email in, ProsperStack subscriber (id and, when known, current property values) out.
 //!
-//! In: the emails of the jobs delivery is about to send, and the size of the whole backlog.
+//! In: the emails of the jobs delivery is about to send (or their platform-ID keys, for
+//! subscribers known only by platform ID, looked up by `GET /v1/subscribers?platform_id=…`),
+//! and the size of the whole backlog.
 //! Out: [`Resolution`] per email, from a moka cache (positive entries for `subscriber_ttl`,
 //! negative "no such subscriber" entries for the short `negative_ttl`), filled either by one
 //! look-up per email (`GET /v1/subscribers?email=…`) or by paging the whole subscriber list
@@ -16,7 +18,8 @@
 //! missing (the batch is a sample of the backlog: its misses are scaled up). A walk also ends
 //! once it found every email of a batch that is the whole backlog. A walk that stopped records
 //! its estimate, so another waits until the backlog outgrows it.
-//! After a complete walk, emails it did not find are cached as missing.
+//! After a complete walk, emails it did not find are cached as missing. A walk indexes every
+//! subscriber by its platform ID too, so it finds platform-ID keys as it finds emails.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +30,7 @@ use moka::future::Cache;
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
-use crate::identify::email_key;
+use crate::identify::{email_key, platform_id_in, platform_id_key};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, Subscriber};
 
@@ -69,6 +72,8 @@ pub struct WalkReport {
 pub struct Resolver {
     found: TtlCache<Known>,
     missing: TtlCache<()>,
+    /// Email → the platform-ID key that found its subscriber when the email found no one.
+    aliases: TtlCache<String>,
     /// The directory's size in pages: exact after a complete walk, estimated after one that
     /// stopped (0: never walked).
     directory_pages: AtomicU64,
@@ -141,6 +146,7 @@ impl Resolver {
     ) -> Resolver {
         Resolver {
             found: TtlCache::new(ttl, clock.clone()),
+            aliases: TtlCache::new(ttl, clock.clone()),
             missing: TtlCache::new(negative_ttl, clock),
             directory_pages: AtomicU64::new(0),
             directory_exact: AtomicBool::new(false),
@@ -174,6 +180,9 @@ impl Resolver {
         if let Some(r) = self.cached(email).await {
             return Ok(r);
         }
+        if let Some(platform_id) = platform_id_in(email) {
+            return self.look_up_platform_id(client, email, platform_id).await;
+        }
         let key = email_key(email);
         let others = spellings.iter().filter(|s| s.as_str() != key);
         for spelling in std::iter::once(&key).chain(others) {
@@ -186,7 +195,48 @@ impl Resolver {
         Ok(Resolution::Missing)
     }
 
-    /// Records a subscriber's current state (from a list page or an update's answer).
+    /// `GET /v1/subscribers?platform_id=…` for the queue key `key`, cached like an email.
+    async fn look_up_platform_id(
+        &self,
+        client: &Client,
+        key: &str,
+        platform_id: &str,
+    ) -> Result<Resolution, ApiError> {
+        match client.find_subscriber_by_platform_id(platform_id).await? {
+            Some(subscriber) => {
+                self.metrics.subscriber_resolved("platform_id");
+                Ok(Resolution::Found(self.remember(key, &subscriber).await))
+            }
+            None => {
+                self.missing.insert(key, ()).await;
+                Ok(Resolution::Missing)
+            }
+        }
+    }
+
+    /// For an email that finds no subscriber: the subscriber with `platform_id`, if any; the
+    /// email is then remembered as an alias of that platform ID ([`Resolver::alias_of`]).
+    pub async fn resolve_platform_id_for(
+        &self,
+        client: &Client,
+        email: &str,
+        platform_id: &str,
+    ) -> Result<Resolution, ApiError> {
+        let key = platform_id_key(platform_id);
+        let resolution = self.resolve(client, &key, &[]).await?;
+        if let Resolution::Found(_) = &resolution {
+            self.aliases.insert(email, key).await;
+        }
+        Ok(resolution)
+    }
+
+    /// The platform-ID key that found the subscriber of an email that found no one, if any.
+    pub async fn alias_of(&self, email: &str) -> Option<String> {
+        self.aliases.get(email).await
+    }
+
+    /// Records a subscriber's current state (from a list page or an update's answer), under
+    /// `email` (a queue key) and under its platform ID's key too.
     pub async fn remember(&self, email: &str, subscriber: &Subscriber) -> Known {
         let known = Known {
             id: subscriber.id.clone(),
@@ -194,11 +244,23 @@ impl Resolver {
         };
         self.missing.invalidate(email).await;
         self.found.insert(email, known.clone()).await;
+        if let Some(platform_id) = subscriber.platform_id.as_deref() {
+            let key = platform_id_key(platform_id);
+            if key != email {
+                self.missing.invalidate(&key).await;
+                self.found.insert(&key, known.clone()).await;
+            }
+        }
         known
     }
 
     /// Forgets an email (its subscriber was deleted, or an update answered 404).
     pub async fn forget(&self, email: &str) {
+        // An email resolved through a platform ID forgets that subscriber too: it is the same.
+        if let Some(alias) = self.aliases.get(email).await {
+            self.found.invalidate(&alias).await;
+            self.aliases.invalidate(email).await;
+        }
         self.found.invalidate(email).await;
         self.missing.invalidate(email).await;
     }
@@ -269,7 +331,10 @@ impl Resolver {
             for subscriber in &page.data {
                 // Cached by key, so the queue's email finds it whatever case either side used.
                 self.remember(&subscriber.email, subscriber).await;
-                if remaining.remove(&email_key(&subscriber.email)) {
+                let by_email = remaining.remove(&email_key(&subscriber.email));
+                let platform_key = subscriber.platform_id.as_deref().map(platform_id_key);
+                let by_platform_id = platform_key.is_some_and(|k| remaining.remove(&k));
+                if by_email || by_platform_id {
                     report.found += 1;
                     self.metrics.subscriber_resolved("directory");
                 }

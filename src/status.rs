@@ -35,9 +35,36 @@ pub struct Activity {
     delivered: AtomicU64,
     last_delivered_ms: AtomicI64,
     unmatched: Mutex<HashMap<String, u64>>,
+    resolved_by_email: AtomicU64,
+    resolved_by_platform_id: AtomicU64,
+}
+
+/// Which key found the subscribers delivery resolved: its email, or its platform ID (an
+/// Identify without a usable email, or whose email found no one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedBy {
+    pub email: u64,
+    pub platform_id: u64,
 }
 
 impl Activity {
+    /// Delivery found a job's subscriber, by its platform ID or else by its email.
+    pub fn resolved(&self, by_platform_id: bool) {
+        let counter = if by_platform_id {
+            &self.resolved_by_platform_id
+        } else {
+            &self.resolved_by_email
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn resolved_by(&self) -> ResolvedBy {
+        ResolvedBy {
+            email: self.resolved_by_email.load(Ordering::Relaxed),
+            platform_id: self.resolved_by_platform_id.load(Ordering::Relaxed),
+        }
+    }
+
     /// An update reached ProsperStack (or needed no request) at `now_ms`.
     pub fn delivered(&self, now_ms: i64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -96,6 +123,10 @@ pub struct Status {
     pub dead_letters: u64,
     pub unmatched_traits: Vec<Unmatched>,
     pub store_bytes: u64,
+    /// Subscribers resolved for delivery, by the key that found them (absent from documents
+    /// saved before it was kept).
+    #[serde(default)]
+    pub resolved_by: ResolvedBy,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -200,6 +231,7 @@ impl Sources {
             dead_letters: stats.dead_letters,
             unmatched_traits: self.activity.top_unmatched(),
             store_bytes: stats.bytes,
+            resolved_by: self.activity.resolved_by(),
         }
     }
 }

@@ -190,6 +190,7 @@ fn build_report(
         create_audience_properties: settings.mapping.create_audience_properties,
         remembered: &remembered,
         received_ms: TokioClock.wall_ms(),
+        platform_ids: settings.mapping.platform_ids(),
     };
     let events = explain(events, &ctx);
     if asked.get() {
@@ -260,6 +261,13 @@ fn print_event(e: &EventPreview) {
             // Whatever its case, an email is one subscriber: say which key it is known by.
             println!("  email   {} (from {from}; known as {key})", email.address);
         }
+    }
+    if let Some(p) = &e.platform_id {
+        let role = match p.role {
+            "key" => "no email: the subscriber is looked up by GET /v1/subscribers?platform_id=…",
+            _ => "looked up by GET /v1/subscribers?platform_id=… if the email finds no subscriber",
+        };
+        println!("  platform ID {} (from {}; {role})", p.id, p.source);
     }
     if let Some(time) = &e.timestamp {
         println!("  time    {time}");

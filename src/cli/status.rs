@@ -226,6 +226,15 @@ fn render_saved(out: &mut String, s: &Status) {
     }
     out.push_str(&format!("{:<13}{budget}\n", "budget"));
     out.push_str(&format!("{:<13}{}\n", "upstream", upstream(s)));
+    let by = s.resolved_by;
+    if by.platform_id > 0 {
+        let line = format!(
+            "{} by email, {} by platform ID",
+            count(by.email),
+            count(by.platform_id)
+        );
+        out.push_str(&format!("{:<13}{line}\n", "resolved"));
+    }
     if !s.unmatched_traits.is_empty() {
         let names: Vec<String> = s
             .unmatched_traits

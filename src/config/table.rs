@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     Duration,
     /// An HTTP verb for subscriber updates: `PUT` or `PATCH`.
     Verb,
+    /// Free text, such as a trait name.
+    Text,
 }
 
 /// One setting: where it sits in the file and which variable sets it.
@@ -63,12 +65,14 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.shared_secret", "SEGMENT_SHARED_SECRET", Secret),
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
+    row("segment.write_keys", "RELAY_WRITE_KEYS", Secret),
     row("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH", Bool),
     row(
         "mapping.create_audience_properties",
         "RELAY_CREATE_AUDIENCE_PROPERTIES",
         Bool,
     ),
+    row("mapping.platform_id_trait", "RELAY_PLATFORM_ID_TRAIT", Text),
     row(
         "mapping.catalogue_refresh",
         "RELAY_CATALOGUE_REFRESH",
@@ -215,6 +219,7 @@ impl Kind {
             Bool => "true or false",
             Duration => "a duration like 20s, 5m, 24h, 7d",
             Verb => "PUT or PATCH",
+            Text => "text",
         }
     }
 
@@ -241,7 +246,7 @@ impl Kind {
             },
             // A secret is taken byte for byte: trimming could turn a wrong one into a right one.
             Secret => Ok(toml::Value::String(raw.to_owned())),
-            Address | Url | Path | LogFormat | Duration | Verb => {
+            Address | Url | Path | LogFormat | Duration | Verb | Text => {
                 Ok(toml::Value::String(text.to_owned()))
             }
         }

@@ -218,6 +218,27 @@ fn bad_key_prefix() {
     assert!(!e.contains("sk_live_123"), "{e}");
 }
 
+/// Write keys: comma-separated in the variable, one a line in a `_FILE`, a list in the file;
+/// never printed.
+#[test]
+fn write_keys_from_env_file_and_list() {
+    let base = ("PROSPERSTACK_API_KEY", "key_abc");
+    let s = Settings::load(None, &env_of(&[base, ("RELAY_WRITE_KEYS", "wk_a, wk_b")])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 2);
+    let file = toml_file("wk_one\nwk_two\r\nwk_three\n");
+    let path = file.path().to_str().unwrap();
+    let s = Settings::load(None, &env_of(&[base, ("RELAY_WRITE_KEYS_FILE", path)])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 3);
+    let debug = format!("{s:?}");
+    assert!(
+        !debug.contains("wk_one") && !debug.contains("wk_three"),
+        "{debug}"
+    );
+    let listed = toml_file("[segment]\nwrite_keys = [\"wk_x\", \"wk_y\"]\n");
+    let s = Settings::load(Some(listed.path()), &env_of(&[base])).unwrap();
+    assert_eq!(s.segment.write_keys.len(), 2);
+}
+
 /// Secrets can come from files named by *_FILE variables, and never print in Debug.
 #[test]
 fn secrets_from_files() {
@@ -338,7 +359,7 @@ fn bad_file_values_name_key_variable_and_line() {
 /// Paths and the optional secrets accept any text; every other kind can be wrong.
 fn can_be_bad(setting: &table::Setting) -> bool {
     match setting.kind {
-        Kind::Path => false,
+        Kind::Path | Kind::Text => false,
         Kind::Secret => setting.key == "prosperstack.api_key",
         _ => true,
     }
@@ -620,6 +641,7 @@ fn every_setting_reads_alike_from_file_and_env() {
             Kind::Bool => "false",
             Kind::Duration => "7m",
             Kind::Verb => "PATCH",
+            Kind::Text => "stripe_customer_id",
         };
         let value = setting.kind.to_toml(sample).unwrap();
         let f = toml_file(&file_line(setting.key, &value.to_string()));

@@ -53,6 +53,7 @@ fn event(id: i64, ts: i64, traits: serde_json::Value) -> QueuedEvent {
         timestamp_ms: ts,
         traits: traits.as_object().cloned().unwrap_or_default(),
         engage: None,
+        user_id: None,
     }
 }
 

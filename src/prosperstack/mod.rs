@@ -233,6 +233,32 @@ impl Client {
         Ok(found)
     }
 
+    /// The subscriber with this platform ID, if any: `GET /v1/subscribers?platform_id=…&limit=1`.
+    /// Only one whose platform ID is exactly this one is returned (platform IDs are
+    /// case-sensitive), for the same reason as [`Client::find_subscriber_by_email`].
+    pub async fn find_subscriber_by_platform_id(
+        &self,
+        platform_id: &str,
+    ) -> Result<Option<Subscriber>, ApiError> {
+        let mut url = self.url(&["subscribers"]);
+        url.query_pairs_mut()
+            .append_pair("platform_id", platform_id)
+            .append_pair("limit", "1");
+        let page: Page<Subscriber> = self.fetch(LIST_SUBSCRIBERS, self.http.get(url)).await?;
+        let returned = page.data.len();
+        let found = page
+            .data
+            .into_iter()
+            .find(|s| s.platform_id.as_deref() == Some(platform_id));
+        if found.is_none() && returned > 0 {
+            tracing::warn!(
+                "ProsperStack answered a platform ID look-up with a different subscriber"
+            );
+        }
+        tracing::debug!(found = found.is_some(), "subscriber look-up by platform ID");
+        Ok(found)
+    }
+
     /// One page of subscribers: `GET /v1/subscribers?limit=100[&cursor=…]`.
     pub async fn list_subscribers(
         &self,

@@ -123,6 +123,9 @@ pub struct PropertyValue {
 pub struct Subscriber {
     pub id: String,
     pub email: String,
+    /// The subscription platform's customer id (Stripe's `cus_…`).
+    #[serde(default)]
+    pub platform_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]

@@ -99,9 +99,16 @@ pub(super) fn replay(
         user_id: None,
         anonymous_id: None,
         email: Some(letter.email.clone()),
+        platform_id: None,
         timestamp_ms: latest,
         traits: letter.properties.clone(),
         engage: None,
     };
     Ok(vec![(update, to_json(&letter.events)?)])
+}
+
+/// The queue key of an Identify with no email (and none remembered) that carries a platform
+/// ID: its subscriber is then found by that ID.
+pub(super) fn platform_id_key_of(update: &IdentifyUpdate) -> Option<String> {
+    update.platform_id.as_deref().map(identify::platform_id_key)
 }

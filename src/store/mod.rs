@@ -15,7 +15,10 @@
 //!   email, their queued events and what was applied for that email.
 //! - **Emails.** The queue, the remembered emails' use, applied timestamps and dead letters are
 //!   keyed by [`crate::identify::email_key`] (trimmed, lowercased): one job per person whatever
-//!   the case Segment sent; each event keeps the spelling it was sent with, for look-ups.
+//!   the case Segment sent; each event keeps the spelling it was sent with, for look-ups. An
+//!   Identify with no email (and none remembered) that carries a platform ID is queued under
+//!   [`crate::identify::platform_id_key`] instead (kept as sent: platform IDs are
+//!   case-sensitive), so it is one job per subscriber too; without one it is `NoEmail`.
 //! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
 //!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
 //!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
@@ -108,6 +111,8 @@ pub struct QueuedEvent {
     pub timestamp_ms: i64,
     pub traits: Map<String, Value>,
     pub engage: Option<Engage>,
+    /// The event's `userId`: where its platform ID is when `mapping.platform_id_trait` is `userId`.
+    pub user_id: Option<String>,
 }
 
 /// Everything queued for one email.

@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::codec::{self, from_json, to_json, Email, Encoded};
+use super::codec::{self, from_json, platform_id_key_of, to_json, Email, Encoded};
 use super::{
     BudgetSnapshot, DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome,
     JobResult, Lease, QueueStats, QueuedEvent, SavedStatus, StateStats, Store, StoreError,
@@ -565,9 +565,15 @@ fn ingest_one(
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(c, user)? {
                     Some(e) => e,
+                    None => match platform_id_key_of(update) {
+                        Some(key) => key,
+                        None => return Ok(IngestOutcome::NoEmail),
+                    },
+                },
+                (None, None) => match platform_id_key_of(update) {
+                    Some(key) => key,
                     None => return Ok(IngestOutcome::NoEmail),
                 },
-                (None, None) => return Ok(IngestOutcome::NoEmail),
             };
             // Claiming the id is the dedupe check: nothing else is written for a duplicate.
             if !claim_message_id(c, &update.message_id, now_ms)? {
@@ -696,29 +702,33 @@ fn spellings(c: &Connection, email: &str) -> Result<Vec<String>, StoreError> {
 
 fn queued_events(c: &Connection, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, message_id, ts_ms, traits, engage FROM events WHERE email = ?1 ORDER BY id",
+        "SELECT id, message_id, ts_ms, traits, engage, user_id FROM events WHERE email = ?1
+         ORDER BY id",
     )?;
     let rows = stmt
         .query_map([email], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                (r.get::<_, i64>(0)?, r.get::<_, String>(1)?),
                 r.get::<_, i64>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(id, message_id, timestamp_ms, traits, engage)| {
-            Ok(QueuedEvent {
-                id,
-                message_id,
-                timestamp_ms,
-                traits: from_json(&traits)?,
-                engage: engage.as_deref().map(from_json::<Engage>).transpose()?,
-            })
-        })
+        .map(
+            |((id, message_id), timestamp_ms, traits, engage, user_id)| {
+                Ok(QueuedEvent {
+                    id,
+                    message_id,
+                    timestamp_ms,
+                    traits: from_json(&traits)?,
+                    engage: engage.as_deref().map(from_json::<Engage>).transpose()?,
+                    user_id,
+                })
+            },
+        )
         .collect()
 }
 

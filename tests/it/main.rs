@@ -8,13 +8,16 @@
 //! - [`emails`]: one person whatever the case of their email.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
+//! - [`node_clients`]: the real `@segment/analytics-node` and `@rudderstack/rudder-sdk-node` send through the relay.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
 //! - [`operators`]: status, progress lines, a refused key, what reaches the info log.
 //! - [`upgrade`]: a store from before schema versions is upgraded by the relay; a newer one is refused.
 //! - [`cli_edges`]: replay's usage and unknown ids, `--sandbox` for tools, health URLs, taken ports.
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
+//! - [`platform_ids`]: Identifies without a usable email land by platform ID.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
+//! - [`tracking`]: the Tracking API endpoints (`/v1/batch`, …): write keys, basic auth, gzip.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -26,11 +29,14 @@ mod doctor;
 mod efficiency;
 mod emails;
 mod latest_wins;
+mod node_clients;
 mod operations;
 mod operators;
+mod platform_ids;
 mod preview;
 mod quick_start;
 mod relay;
 mod reliability;
+mod tracking;
 mod update_verb;
 mod upgrade;

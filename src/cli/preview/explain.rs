@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::identify::{self, EmailSource, Engage, Event, IdentifyUpdate};
+use crate::identify::{self, EmailSource, Engage, Event, IdentifyUpdate, PlatformIdSource};
 use crate::ingest::RawEvent;
 use crate::mapping::{self, Catalogue, MatchRule, Rules};
 use crate::prosperstack::PropertyType;
@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub remembered: &'a dyn Fn(&str) -> Option<String>,
     /// Stands in for the arrival time of events that carry none.
     pub received_ms: i64,
+    /// Where Identifies carry a platform ID (`mapping.platform_id_trait`), if anywhere.
+    pub platform_ids: Option<PlatformIdSource>,
 }
 
 /// What the relay would do with one event.
@@ -44,6 +46,8 @@ pub struct EventPreview {
     pub status: Option<u16>,
     pub reason: Option<String>,
     pub email: Option<EmailUsed>,
+    /// The platform ID the event carries, when `mapping.platform_id_trait` is set.
+    pub platform_id: Option<PlatformIdUsed>,
     /// The event time latest-wins compares, RFC 3339.
     pub timestamp: Option<String>,
     pub engage: Option<EngageNote>,
@@ -60,6 +64,16 @@ pub struct EventPreview {
 pub struct EmailUsed {
     pub address: String,
     pub source: &'static str,
+}
+
+/// The platform ID an Identify carries, where it came from (`userId` or `trait NAME`), and
+/// what it is used for: `key` (no email: the subscriber is looked up by it) or `fallback`
+/// (looked up by it when the email finds no subscriber).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlatformIdUsed {
+    pub id: String,
+    pub source: String,
+    pub role: &'static str,
 }
 
 /// The Engage computation an Identify carries.
@@ -143,6 +157,7 @@ fn blank(index: usize, event_type: Option<String>, message_id: Option<String>) -
         status: None,
         reason: None,
         email: None,
+        platform_id: None,
         timestamp: None,
         engage: None,
         traits: Vec::new(),
@@ -177,8 +192,10 @@ fn explain_identify(
         .iter()
         .map(|(name, v)| explain_trait(name, v, update.engage.as_ref(), ctx))
         .collect();
+    let platform_id = platform_id_used(&update, ctx, email.is_some());
     let preview = EventPreview {
         email,
+        platform_id,
         timestamp: chrono::DateTime::from_timestamp_millis(update.timestamp_ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         engage: update.engage.as_ref().map(|e| EngageNote {
@@ -188,8 +205,8 @@ fn explain_identify(
         }),
         ..preview
     };
-    if preview.email.is_none() {
-        let why = "no traits.email or context.traits.email, and no email is known for its userId: the relay would answer 422 and Segment drops it";
+    if preview.email.is_none() && preview.platform_id.is_none() {
+        let why = "no traits.email or context.traits.email, no email is known for its userId, and no platform ID (mapping.platform_id_trait): the relay would answer 422 and Segment drops it";
         return EventPreview { traits, ..preview }.rejected(422, why.into());
     }
     let update = traits
@@ -201,6 +218,23 @@ fn explain_identify(
         update,
         ..preview
     }
+}
+
+/// The platform ID the relay would find the subscriber by: its key without an email, else a
+/// fallback.
+fn platform_id_used(
+    update: &IdentifyUpdate,
+    ctx: &Context<'_>,
+    has_email: bool,
+) -> Option<PlatformIdUsed> {
+    let source = ctx.platform_ids.as_ref()?;
+    let id = source.of(update.user_id.as_deref(), &update.traits)?;
+    let source = match source {
+        PlatformIdSource::UserId => "userId".to_owned(),
+        PlatformIdSource::Trait(name) => format!("trait {name}"),
+    };
+    let role = if has_email { "fallback" } else { "key" };
+    Some(PlatformIdUsed { id, source, role })
 }
 
 /// The email the store would file the event under, by the relay's precedence.

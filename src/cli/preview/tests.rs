@@ -30,6 +30,7 @@ fn preview_with(payload: Value, rules: &Rules, create: bool) -> Vec<EventPreview
         create_audience_properties: create,
         remembered: &remembered,
         received_ms: 0,
+        platform_ids: Some(crate::identify::PlatformIdSource::Trait("stripe_id".into())),
     };
     let events = crate::ingest::split_body(payload.to_string().as_bytes()).expect("a payload");
     explain(events, &ctx)
@@ -233,4 +234,27 @@ fn email_source_table() {
         let got = email_source(&event);
         assert_eq!(got.as_ref().map(|(e, s)| (e.as_str(), *s)), want, "{event}");
     }
+}
+
+/// With a platform-ID trait, an Identify without an email is an update keyed by its platform
+/// ID (not a 422), and one with an email shows the ID as its fallback.
+#[test]
+fn platform_id_is_shown_as_key_or_fallback() {
+    let events = preview(json!([
+        {"type": "identify", "userId": "u-new", "traits": {"stripe_id": "cus_Q1", "plan": "Scale"}},
+        {"type": "identify", "userId": "u-new", "traits": {"email": "a@x.io", "stripe_id": "cus_Q1"}},
+        {"type": "identify", "userId": "u-none", "traits": {"plan": "Scale"}},
+    ]));
+    let first = events[0].platform_id.as_ref().expect("a platform ID");
+    assert_eq!((first.id.as_str(), first.role), ("cus_Q1", "key"));
+    assert_eq!(first.source, "trait stripe_id");
+    assert_eq!(events[0].outcome, "update");
+    assert_eq!(
+        events[1].platform_id.as_ref().map(|p| p.role),
+        Some("fallback")
+    );
+    assert_eq!(
+        (events[2].outcome, events[2].status),
+        ("rejected", Some(422))
+    );
 }

@@ -29,6 +29,7 @@ contract!(
     ping_round_trips,
     concurrent_ingests_commit,
     nul_characters_do_not_stop_the_queue,
+    platform_ids_queue_email_less_identifies,
 );
 
 async fn open<B: Backend>(b: &B) -> B::Store {
@@ -533,4 +534,40 @@ async fn nul_characters_do_not_stop_the_queue(b: &impl Backend) {
     assert_eq!(dead[0].events[0]["traits"]["note"], json!("a\u{0}b"));
     let again = s.ingest(vec![incoming(&v)], 7).await.expect("ingest");
     assert_eq!(again, [IngestOutcome::Duplicate]);
+}
+
+/// An Identify with no email (none remembered) but a platform ID is queued under the ID's key,
+/// kept as sent, with its userId; a remembered email still wins; a delivered job leaves.
+async fn platform_ids_queue_email_less_identifies(b: &impl Backend) {
+    let s = open(b).await;
+    let lease = deliverer(&s).await;
+    let with_platform_id = |message_id: &str, user: &str| {
+        let mut event = identify(message_id, Some(user), None, 1);
+        if let crate::identify::Event::Identify(update) = &mut event.event {
+            update.platform_id = Some("cus_AbC".into());
+        }
+        event
+    };
+    let batch = vec![
+        with_platform_id("m1", "cus_AbC"),
+        with_platform_id("m2", "cus_AbC"),
+        identify("m3", Some("u2"), Some("b@x.io"), 1),
+        with_platform_id("m4", "u2"),
+    ];
+    let out = s.ingest(batch, 5).await.expect("ingest");
+    assert!(out.iter().all(|o| *o == IngestOutcome::Stored), "{out:?}");
+    let key = crate::identify::platform_id_key("cus_AbC");
+    let mut due = s.due_emails(10, 10).await.expect("due");
+    due.sort();
+    assert_eq!(due, ["b@x.io".to_owned(), key.clone()]);
+    let job = s
+        .job(&key)
+        .await
+        .expect("read")
+        .expect("the platform ID's job");
+    assert_eq!(job.events.len(), 2);
+    assert_eq!(job.events[0].user_id.as_deref(), Some("cus_AbC"));
+    let up_to = job.up_to_event_id();
+    finish(&s, &lease, &key, up_to, delivered(&[("plan", 1)]), 6).await;
+    assert!(s.job(&key).await.expect("read").is_none());
 }

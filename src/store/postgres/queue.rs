@@ -19,7 +19,7 @@ use serde_json::Map;
 
 use super::{exec, one, rows, text};
 use crate::identify::{self, Event, IdentifyUpdate};
-use crate::store::codec::{self, Email, Encoded};
+use crate::store::codec::{self, platform_id_key_of, Email, Encoded};
 use crate::store::{
     DeadLetter, DeadLetterCause, Incoming, IngestOutcome, JobOutcome, JobResult, StoreError,
     StoreOptions,
@@ -52,9 +52,15 @@ async fn ingest_one(
                 (Some(e), _) => e.clone(),
                 (None, Some(user)) => match remembered_email(tx, user).await? {
                     Some(e) => e,
+                    None => match platform_id_key_of(update) {
+                        Some(key) => key,
+                        None => return Ok(IngestOutcome::NoEmail),
+                    },
+                },
+                (None, None) => match platform_id_key_of(update) {
+                    Some(key) => key,
                     None => return Ok(IngestOutcome::NoEmail),
                 },
-                (None, None) => return Ok(IngestOutcome::NoEmail),
             };
             // Claiming the id is the dedupe check: nothing else is written for a duplicate.
             if !claim_message_id(tx, &update.message_id, now_ms).await? {

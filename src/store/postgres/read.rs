@@ -95,7 +95,8 @@ async fn spellings(tx: &Transaction<'_>, email: &str) -> Result<Vec<String>, Sto
 async fn queued_events(tx: &Transaction<'_>, email: &str) -> Result<Vec<QueuedEvent>, StoreError> {
     let found = rows(
         tx,
-        "SELECT id, message_id, ts_ms, traits, engage FROM events WHERE email = $1 ORDER BY id",
+        "SELECT id, message_id, ts_ms, traits, engage, user_id FROM events WHERE email = $1
+         ORDER BY id",
         &[&email],
     )
     .await?;
@@ -109,6 +110,7 @@ async fn queued_events(tx: &Transaction<'_>, email: &str) -> Result<Vec<QueuedEv
                 timestamp_ms: r.try_get(2)?,
                 traits: from_json(r.try_get(3)?)?,
                 engage: engage.map(from_json::<Engage>).transpose()?,
+                user_id: r.try_get(5)?,
             })
         })
         .collect()

@@ -362,6 +362,7 @@ fn check_plan(input: &IdentifyInput, u: &IdentifyUpdate, lab: &Lab) -> Result<us
             timestamp_ms: u.timestamp_ms,
             traits: u.traits.clone(),
             engage: u.engage.clone(),
+            user_id: u.user_id.clone(),
         }],
         applied: input
             .applied
