@@ -25,6 +25,7 @@ use crate::config::{ConfigError, ProsperStackSettings, Settings};
 use crate::delivery::Delivery;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
+use crate::leader::{LeaderTask, Leadership};
 use crate::mapping::{CatalogueCache, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
@@ -116,6 +117,7 @@ struct Parts {
     activity: Arc<Activity>,
     wake: Arc<Notify>,
     draining: Arc<AtomicBool>,
+    leadership: Arc<Leadership>,
 }
 
 impl Parts {
@@ -126,6 +128,11 @@ impl Parts {
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
         let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
+        let holder = match settings.store.database_url {
+            Some(_) => crate::leader::unique_holder(),
+            None => crate::leader::SOLE_HOLDER.to_owned(),
+        };
+        let leadership = Leadership::new(holder, settings.store.leader_lease, clock.clone());
         Ok(Parts {
             store,
             metrics,
@@ -134,6 +141,7 @@ impl Parts {
             activity: Arc::new(Activity::default()),
             wake: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
+            leadership,
         })
     }
 
@@ -145,14 +153,19 @@ impl Parts {
             clock: self.clock.clone(),
             started_ms: self.clock.wall_ms(),
             replica: status::replica_name(),
+            leadership: self.leadership.clone(),
         }
     }
 }
 
-/// The background tasks: delivery, and the housekeeping that stops with it.
+/// The background tasks: delivery, the housekeeping that stops with it, and the leader task,
+/// which keeps the lease until delivery has stopped and then hands it over.
 struct Workers {
     delivery: tokio::task::JoinHandle<()>,
     housekeeping: Vec<tokio::task::JoinHandle<()>>,
+    leader: Arc<LeaderTask>,
+    leader_task: tokio::task::JoinHandle<()>,
+    stop_leader: CancellationToken,
 }
 
 /// Runs the relay until `shutdown` completes, then drains and returns.
@@ -216,6 +229,17 @@ fn spawn_workers(
     stop: &CancellationToken,
 ) -> Workers {
     let delivery = Arc::new(delivery_for(settings, parts));
+    let leader = Arc::new(LeaderTask {
+        store: parts.store.clone(),
+        leadership: parts.leadership.clone(),
+        budget: parts.client.budget().clone(),
+        metrics: parts.metrics.clone(),
+    });
+    let stop_leader = CancellationToken::new();
+    let leader_task = tokio::spawn({
+        let (leader, stop) = (leader.clone(), stop_leader.clone());
+        async move { leader.run(stop).await }
+    });
     let maintenance = Maintenance {
         store: parts.store.clone(),
         metrics: parts.metrics.clone(),
@@ -233,6 +257,9 @@ fn spawn_workers(
             tokio::spawn(maintenance.run(stop.clone())),
             tokio::spawn(progress),
         ],
+        leader,
+        leader_task,
+        stop_leader,
     }
 }
 
@@ -276,7 +303,8 @@ fn spawn_server(
 }
 
 /// Waits for delivery to stop by itself; at the deadline, stops it where it is. Its current
-/// job was not recorded as done, so its events are still queued for the next start.
+/// job was not recorded as done, so its events are still queued for the next start (or the
+/// next leader). Then the lease is handed over at once.
 async fn drain(workers: Workers, deadline: Duration) {
     let abort = workers.delivery.abort_handle();
     if tokio::time::timeout(deadline, workers.delivery)
@@ -289,6 +317,9 @@ async fn drain(workers: Workers, deadline: Duration) {
     for task in workers.housekeeping {
         task.abort();
     }
+    workers.stop_leader.cancel();
+    let _ = workers.leader_task.await;
+    workers.leader.release().await;
 }
 
 /// Builds the delivery worker: its sections are handed over whole.
@@ -316,6 +347,7 @@ fn delivery_for(settings: &Settings, parts: &Parts) -> Delivery {
         mapping: mapping.clone(),
         wake: parts.wake.clone(),
         activity: parts.activity.clone(),
+        leadership: parts.leadership.clone(),
         clock,
     }
 }

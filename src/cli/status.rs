@@ -39,6 +39,8 @@ pub struct StatusArgs {
 /// What `status` shows: the last saved status (if any) and the queue as it is now.
 struct Reading {
     saved: Option<Status>,
+    /// Serving processes that saved a status lately.
+    replicas: usize,
     queue: QueueView,
     dead_letters: u64,
     now_ms: i64,
@@ -73,13 +75,24 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
 async fn read(store: &dyn Store) -> Result<Reading, crate::store::StoreError> {
     let now_ms = TokioClock.wall_ms();
     let stats: QueueStats = store.stats().await?;
-    let saved = store
+    let statuses: Vec<Status> = store
         .saved_statuses()
         .await?
         .into_iter()
-        .find_map(|s| serde_json::from_str::<Status>(&s.body).ok());
+        .filter_map(|s| serde_json::from_str::<Status>(&s.body).ok())
+        .collect();
+    let fresh = |s: &&Status| now_ms - s.at_ms <= STALE_AFTER_MS;
+    // The leader's status is the one whose budget and ETA move; else the latest saved.
+    let saved = statuses
+        .iter()
+        .filter(fresh)
+        .find(|s| s.leader.leading)
+        .or(statuses.first())
+        .cloned();
+    let replicas = statuses.iter().filter(fresh).count();
     Ok(Reading {
         saved,
+        replicas,
         queue: queue_view(&stats, now_ms),
         dead_letters: stats.dead_letters,
         now_ms,
@@ -175,12 +188,31 @@ fn render(r: &Reading) -> String {
             "no status saved yet (serve has not run on this store); the queue is read now".into(),
         ),
     }
+    if let Some(s) = r
+        .saved
+        .as_ref()
+        .filter(|s| r.now_ms - s.at_ms <= STALE_AFTER_MS)
+    {
+        line(&mut out, "delivering", leader_line(s, r.replicas));
+    }
     render_queue(&mut out, &r.queue);
     if let Some(s) = &r.saved {
         render_saved(&mut out, s);
     }
     line(&mut out, "dead letters", count(r.dead_letters));
     out
+}
+
+/// Which replica delivers, out of how many serving.
+fn leader_line(s: &Status, replicas: usize) -> String {
+    let of = match replicas {
+        0 | 1 => String::new(),
+        n => format!(" (of {n} replicas serving)"),
+    };
+    match (s.leader.leading, s.leader.epoch) {
+        (true, Some(epoch)) => format!("{} holds the lease, epoch {epoch}{of}", s.leader.holder),
+        _ => format!("no replica holds the delivery lease right now{of}"),
+    }
 }
 
 fn render_queue(out: &mut String, q: &QueueView) {

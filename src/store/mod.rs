@@ -69,7 +69,7 @@ use serde_json::{Map, Value};
 
 use crate::identify::{Engage, Event};
 
-pub use lease::{sole_deliverer_lease, BudgetSnapshot, Lease};
+pub use lease::{BudgetSnapshot, Lease};
 pub use postgres::PostgresStore;
 pub use settings::StoreSettings;
 pub use sqlite::SqliteStore;
