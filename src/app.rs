@@ -277,6 +277,7 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
         store: parts.store.clone(),
         draining: parts.draining.clone(),
         clock: parts.clock.clone(),
+        probe: Arc::default(),
     };
     // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
     // anyway, and it retries a 408 too.
