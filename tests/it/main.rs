@@ -15,6 +15,8 @@
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
+//! - [`replicas`]: two real `serve` processes on one PostgreSQL database: failover, rolling
+//!   restart, the database cut off, one messageId posted to both (skipped without a server).
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -32,5 +34,6 @@ mod preview;
 mod quick_start;
 mod relay;
 mod reliability;
+mod replicas;
 mod update_verb;
 mod upgrade;
