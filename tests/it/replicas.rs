@@ -6,7 +6,7 @@
 //! Each test has a schema of its own (`options=-csearch_path=…` in the URL), dropped at the
 //! end; without `RELAY_TEST_DATABASE_URL` the tests say they were skipped and pass. The lease is
 //! scaled down to 1 s (`RELAY_TEST_LEADER_LEASE` overrides it, to measure failover with the
-//! default 10 s) and the rate limit to 20 requests a window.
+//! default 10 s) and the rate limit to 20 requests a window (1 s; 4 s for the failover).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -113,20 +113,22 @@ async fn replica(sb: &TestSandbox, dir: &Path, name: &str, database_url: &str) -
     relay
 }
 
-/// A sandbox whose window is twice the scaled lease, so a takeover lands in the window the
-/// old leader was spending.
+/// A sandbox allowing 20 requests a 4 s window, while the relays are told 40 (as if the key's
+/// other clients spent the rest): the leader runs on the server's headers, spending the window
+/// in its first half and waiting for the reset. A standby taking over (about 1.3 s after a
+/// kill) that did not start from what the leader saved would send into the spent window.
 async fn windowed_sandbox() -> TestSandbox {
     start_sandbox(SandboxConfig {
         rate_limit_requests: 20,
-        rate_limit_window: Duration::from_secs(2),
+        rate_limit_window: Duration::from_secs(4),
         ..SandboxConfig::default()
     })
     .await
 }
 
 const WINDOWED: [(&str, &str); 2] = [
-    ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "20"),
-    ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "2"),
+    ("PROSPERSTACK_RATE_LIMIT_REQUESTS", "40"),
+    ("PROSPERSTACK_RATE_LIMIT_WINDOW_SECS", "4"),
 ];
 
 /// A replica against [`windowed_sandbox`].
@@ -155,6 +157,19 @@ async fn leading(http: &reqwest::Client, relay: &RelayProcess) -> Option<(bool, 
         .ok()?;
     let leader = status.get("leader")?;
     Some((leader["leading"].as_bool()?, leader["epoch"].as_i64()))
+}
+
+/// What the replica last heard the server's window had left (`RateLimit-Remaining`).
+async fn window_left(http: &reqwest::Client, relay: &RelayProcess) -> Option<u64> {
+    let status: Value = http
+        .get(format!("{}/status", relay.url))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["budget"]["last_seen"]["remaining"].as_u64()
 }
 
 /// Which of `relays` leads, once one does (bounded wait).
@@ -233,6 +248,12 @@ async fn kill_9_of_the_leader_mid_drain_loses_nothing_and_spends_one_window() {
     );
     let leader = wait_for_leader(&http, &[&relays[0], &relays[1]]).await;
     let standby = 1 - leader;
+    // Killed just as it has spent a window: the hardest moment for the standby's budget.
+    let spent = eventually(Duration::from_secs(30), || async {
+        window_left(&http, &relays[leader]).await == Some(0)
+    })
+    .await;
+    assert!(spent, "the leader never saw its window spent");
     relays[leader].kill();
     let killed = Instant::now();
     let at_kill = sb.sandbox.stats().subscriber_updates;
@@ -241,6 +262,16 @@ async fn kill_9_of_the_leader_mid_drain_loses_nothing_and_spends_one_window() {
         "the drain had finished before the kill: nothing was tested"
     );
 
+    let took_over = eventually(Duration::from_secs(60), || async {
+        matches!(leading(&http, &relays[standby]).await, Some((true, _)))
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        took_over,
+        "the standby never took the lease:\n{}",
+        relays[standby].log_tail()
+    );
     // An update the killed leader had in flight may still land: wait for two more.
     let resumed = eventually(Duration::from_secs(60), updated(at_kill + 2)).await;
     let failover = killed.elapsed();
@@ -256,9 +287,11 @@ async fn kill_9_of_the_leader_mid_drain_loses_nothing_and_spends_one_window() {
     wait_all_arrived(&sb, &ledger, &[&relays[standby]]).await;
     let stats = sb.sandbox.stats();
     eprintln!(
-        "failover (leader_lease {}): kill -9 at {at_kill} updates, the standby's updates resumed \
-         after {:.2} s; 429s: {}; {} requests, {} updates for 100 subscribers",
+        "failover (leader_lease {}): kill -9 at {at_kill} updates, with the window spent; the \
+         standby led after {:.2} s, its updates resumed after {:.2} s (at the window's reset); \
+         429s: {}; {} requests, {} updates for 100 subscribers",
         leader_lease(),
+        takeover.as_secs_f64(),
         failover.as_secs_f64(),
         stats.rate_limited_total,
         stats.requests_total,
