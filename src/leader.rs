@@ -12,6 +12,7 @@
 //!   process's monotonic clock, so the store (whose clock judges expiry) has never expired it
 //!   while this process still thinks it holds it;
 //! - the lease is renewed every third of its length: two renewals may fail before it lapses;
+//!   a standby asks at least every second, so a lease released on SIGTERM is taken within one;
 //! - a new leader seeds its budget from the last one saved before it publishes the lease, so
 //!   it never sends a request its predecessor's window had no room for;
 //! - a write refused with `LeaseLost` ([`Leadership::lost`]) stops delivery at once; the
@@ -34,6 +35,10 @@ use crate::store::{Lease, Store, StoreError};
 /// process, and a name that outlives the process lets it deliver at once after a crash
 /// instead of waiting out the lease its killed predecessor held.
 pub const SOLE_HOLDER: &str = "relay";
+
+/// A standby asks for the lease at least this often, so a released lease is taken within it
+/// (one single-row statement a second per standby).
+const STANDBY_ASKS_EVERY: Duration = Duration::from_secs(1);
 
 /// A holder id unique to this process: host, process id and a random part (a pid can be
 /// reused by a restarted container on the same host).
@@ -128,14 +133,18 @@ pub struct LeaderTask {
 }
 
 impl LeaderTask {
-    /// Renews (or asks for) the lease every third of its length, and saves the budget each
-    /// time it moves, until `stop`. Does not release: [`LeaderTask::release`] does, once
-    /// delivery has stopped.
+    /// Renews the lease every third of its length (a standby asks at least every second), and
+    /// saves the budget each time it moves, until `stop`. Does not release:
+    /// [`LeaderTask::release`] does, once delivery has stopped.
     pub async fn run(&self, stop: CancellationToken) {
-        let every = self.leadership.ttl / 3;
+        let renew_every = self.leadership.ttl / 3;
         let clock = self.leadership.clock.clone();
         loop {
             self.renew().await;
+            let every = match self.leadership.current() {
+                Some(_) => renew_every,
+                None => renew_every.min(STANDBY_ASKS_EVERY),
+            };
             let next = clock.now() + every;
             loop {
                 tokio::select! {

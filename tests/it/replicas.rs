@@ -351,8 +351,20 @@ async fn rolling_restart_loses_no_acknowledged_event() {
     ));
     let settle = || tokio::time::sleep(Duration::from_secs(2));
     settle().await;
+    let mut handovers = Vec::new();
     for (i, name) in ["a2", "b2"].into_iter().enumerate() {
+        let was_leading = matches!(leading(&http, &relays[i]).await, Some((true, _)));
+        let stopped = Instant::now();
         relays[i].terminate();
+        if was_leading {
+            let other = &relays[1 - i];
+            let took = eventually(PATIENCE, || async {
+                matches!(leading(&http, other).await, Some((true, _)))
+            })
+            .await;
+            assert!(took, "no handover on SIGTERM:\n{}", other.log_tail());
+            handovers.push(stopped.elapsed().as_secs_f64());
+        }
         let exit = relays[i].wait_exit(Duration::from_secs(30)).await;
         assert_eq!(
             exit.and_then(|s| s.code()),
@@ -373,7 +385,9 @@ async fn rolling_restart_loses_no_acknowledged_event() {
     );
     wait_all_arrived(&sb, &ledger, &[&relays[0], &relays[1]]).await;
     eprintln!(
-        "rolling restart: {} events acknowledged for {} subscribers, all landed; 429s: {}",
+        "rolling restart (leader_lease {}): {} events acknowledged for {} subscribers, all \
+         landed; SIGTERM to the standby leading: {handovers:.2?} s; 429s: {}",
+        leader_lease(),
         ledger.acknowledged,
         ledger.acknowledged_subscribers(),
         sb.sandbox.stats().rate_limited_total
