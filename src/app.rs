@@ -200,7 +200,7 @@ pub async fn run(
         let router = main_router.merge(health::metrics_router(parts.metrics.clone(), status));
         servers.push(spawn_server(listener, router, &stop_http));
     }
-    tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), "relay listening");
+    tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), store = %store_location(&settings), holder = %parts.leadership.holder(), "relay listening");
 
     shutdown.await;
     let deadline = settings.delivery.drain_deadline;

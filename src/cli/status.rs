@@ -332,3 +332,42 @@ mod tests {
         assert!(bar(10, 0).contains("100%"));
     }
 }
+
+#[cfg(test)]
+mod leader_tests {
+    use super::*;
+    use crate::status::LeaderView;
+
+    /// The delivering line names the lease's holder and epoch, or says no replica holds it.
+    #[test]
+    fn leader_line_names_the_holder() {
+        let mut status: Status = serde_json::from_value(serde_json::json!({
+            "version": "0", "replica": "r", "at_ms": 0, "uptime_secs": 0,
+            "queue": {"subscribers": 0, "events": 0,
+                "due": {"subscribers": 0, "events": 0, "oldest_age_secs": null},
+                "waiting": {"subscribers": 0, "events": 0, "oldest_age_secs": null},
+                "retrying": {"subscribers": 0, "events": 0, "oldest_age_secs": null}},
+            "budget": {"limit": 100, "window_secs": 60.0, "used_in_window": 0,
+                "sustained_per_minute": 98.0, "last_seen": null},
+            "eta_secs": null,
+            "upstream": {"key": "unknown", "key_refused_since_ms": null, "last_success_ms": null,
+                "last_delivery_ms": null, "last_error": null, "last_error_ms": null, "requests": 0},
+            "dead_letters": 0, "unmatched_traits": [], "store_bytes": 0
+        }))
+        .expect("a status saved before leader views existed still reads");
+        assert_eq!(status.leader, LeaderView::default());
+        assert_eq!(
+            leader_line(&status, 2),
+            "no replica holds the delivery lease right now (of 2 replicas serving)"
+        );
+        status.leader = LeaderView {
+            holder: "pod-a/7/1f".into(),
+            leading: true,
+            epoch: Some(3),
+        };
+        assert_eq!(
+            leader_line(&status, 1),
+            "pod-a/7/1f holds the lease, epoch 3"
+        );
+    }
+}
