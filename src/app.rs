@@ -128,11 +128,11 @@ impl Parts {
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
         let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
-        let holder = match settings.store.database_url {
-            Some(_) => crate::leader::unique_holder(),
-            None => crate::leader::SOLE_HOLDER.to_owned(),
+        let (holder, ttl) = match settings.store.database_url {
+            Some(_) => (crate::leader::unique_holder(), settings.store.leader_lease),
+            None => (crate::leader::SOLE_HOLDER.to_owned(), crate::leader::SOLE_LEASE),
         };
-        let leadership = Leadership::new(holder, settings.store.leader_lease, clock.clone());
+        let leadership = Leadership::new(holder, ttl, clock.clone());
         Ok(Parts {
             store,
             metrics,

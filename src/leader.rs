@@ -36,6 +36,10 @@ use crate::store::{Lease, Store, StoreError};
 /// instead of waiting out the lease its killed predecessor held.
 pub const SOLE_HOLDER: &str = "relay";
 
+/// The lease a SQLite relay holds: nobody else can deliver from its directory anyway, so a
+/// long one only spares renewals (`leader_lease` is for replicas).
+pub const SOLE_LEASE: Duration = Duration::from_secs(60);
+
 /// A standby asks for the lease at least this often, so a released lease is taken within it
 /// (one single-row statement a second per standby).
 const STANDBY_ASKS_EVERY: Duration = Duration::from_secs(1);
