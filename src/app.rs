@@ -127,12 +127,17 @@ impl Parts {
         let metrics = Arc::new(Metrics::new());
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
-        let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
         let (holder, ttl) = match settings.store.database_url {
             Some(_) => (crate::leader::unique_holder(), settings.store.leader_lease),
-            None => (crate::leader::SOLE_HOLDER.to_owned(), crate::leader::SOLE_LEASE),
+            None => (
+                crate::leader::SOLE_HOLDER.to_owned(),
+                crate::leader::SOLE_LEASE,
+            ),
         };
         let leadership = Leadership::new(holder, ttl, clock.clone());
+        let leading = leadership.clone();
+        let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?
+            .with_send_gate(Arc::new(move || leading.current().is_some()));
         Ok(Parts {
             store,
             metrics,
