@@ -25,12 +25,13 @@ use crate::config::{ConfigError, ProsperStackSettings, Settings};
 use crate::delivery::Delivery;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
+use crate::leader::{LeaderTask, Leadership};
 use crate::mapping::{CatalogueCache, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
 use crate::status::{self, Activity};
-use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError, StoreOptions};
 
 /// How often queue gauges and the saved status are refreshed, and old dedupe ids pruned.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,12 +53,38 @@ pub enum AppError {
     Config(#[from] ConfigError),
 }
 
-/// Opens the store for `settings` (taking the data directory's lock).
-pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the store for `settings` as the relay does: PostgreSQL at `store.database_url`
+/// (bringing its schema up to date, one replica at a time), else SQLite in `data_dir` (taking
+/// the directory's lock).
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     let options = StoreOptions {
         coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
     };
-    Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
+    match &settings.store.database_url {
+        Some(url) => Ok(Arc::new(
+            PostgresStore::connect(url.expose(), options).await?,
+        )),
+        None => Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?)),
+    }
+}
+
+/// Opens the configured store for a tool beside a running relay: no lock, no schema change
+/// (a store not at this release's schema is refused). SQLite: [`StoreError::DataDir`] when the
+/// directory holds no store yet.
+pub async fn open_store_shared(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    match &settings.store.database_url {
+        Some(url) => Ok(Arc::new(PostgresStore::connect_shared(url.expose()).await?)),
+        None => Ok(Arc::new(SqliteStore::open_shared(&settings.data_dir)?)),
+    }
+}
+
+/// Where the configured store is, for messages: the PostgreSQL location (no password), or the
+/// data directory.
+pub fn store_location(settings: &Settings) -> String {
+    settings
+        .store
+        .location()
+        .unwrap_or_else(|| settings.data_dir.display().to_string())
 }
 
 /// The ProsperStack client, behind the one budget every upstream request passes.
@@ -90,16 +117,27 @@ struct Parts {
     activity: Arc<Activity>,
     wake: Arc<Notify>,
     draining: Arc<AtomicBool>,
+    leadership: Arc<Leadership>,
 }
 
 impl Parts {
     /// Everything that can fail at start-up, before any task is spawned.
-    fn build(settings: &Settings) -> Result<Parts, AppError> {
-        let store = open_store(settings)?;
+    async fn build(settings: &Settings) -> Result<Parts, AppError> {
+        let store = open_store(settings).await?;
         let metrics = Arc::new(Metrics::new());
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
-        let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
+        let (holder, ttl) = match settings.store.database_url {
+            Some(_) => (crate::leader::unique_holder(), settings.store.leader_lease),
+            None => (
+                crate::leader::SOLE_HOLDER.to_owned(),
+                crate::leader::SOLE_LEASE,
+            ),
+        };
+        let leadership = Leadership::new(holder, ttl, clock.clone());
+        let leading = leadership.clone();
+        let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?
+            .with_send_gate(Arc::new(move || leading.current().is_some()));
         Ok(Parts {
             store,
             metrics,
@@ -108,6 +146,7 @@ impl Parts {
             activity: Arc::new(Activity::default()),
             wake: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
+            leadership,
         })
     }
 
@@ -119,14 +158,19 @@ impl Parts {
             clock: self.clock.clone(),
             started_ms: self.clock.wall_ms(),
             replica: status::replica_name(),
+            leadership: self.leadership.clone(),
         }
     }
 }
 
-/// The background tasks: delivery, and the housekeeping that stops with it.
+/// The background tasks: delivery, the housekeeping that stops with it, and the leader task,
+/// which keeps the lease until delivery has stopped and then hands it over.
 struct Workers {
     delivery: tokio::task::JoinHandle<()>,
     housekeeping: Vec<tokio::task::JoinHandle<()>>,
+    leader: Arc<LeaderTask>,
+    leader_task: tokio::task::JoinHandle<()>,
+    stop_leader: CancellationToken,
 }
 
 /// Runs the relay until `shutdown` completes, then drains and returns.
@@ -143,7 +187,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let parts = Parts::build(&settings)?;
+    let parts = Parts::build(&settings).await?;
     let status = parts.status_sources();
     let stop_workers = CancellationToken::new();
     let workers = spawn_workers(&settings, &parts, &status, &stop_workers);
@@ -161,7 +205,7 @@ pub async fn run(
         let router = main_router.merge(health::metrics_router(parts.metrics.clone(), status));
         servers.push(spawn_server(listener, router, &stop_http));
     }
-    tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), "relay listening");
+    tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), store = %store_location(&settings), holder = %parts.leadership.holder(), "relay listening");
 
     shutdown.await;
     let deadline = settings.delivery.drain_deadline;
@@ -190,6 +234,17 @@ fn spawn_workers(
     stop: &CancellationToken,
 ) -> Workers {
     let delivery = Arc::new(delivery_for(settings, parts));
+    let leader = Arc::new(LeaderTask {
+        store: parts.store.clone(),
+        leadership: parts.leadership.clone(),
+        budget: parts.client.budget().clone(),
+        metrics: parts.metrics.clone(),
+    });
+    let stop_leader = CancellationToken::new();
+    let leader_task = tokio::spawn({
+        let (leader, stop) = (leader.clone(), stop_leader.clone());
+        async move { leader.run(stop).await }
+    });
     let maintenance = Maintenance {
         store: parts.store.clone(),
         metrics: parts.metrics.clone(),
@@ -207,6 +262,9 @@ fn spawn_workers(
             tokio::spawn(maintenance.run(stop.clone())),
             tokio::spawn(progress),
         ],
+        leader,
+        leader_task,
+        stop_leader,
     }
 }
 
@@ -225,6 +283,7 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
         store: parts.store.clone(),
         draining: parts.draining.clone(),
         clock: parts.clock.clone(),
+        probe: Arc::default(),
     };
     // A stalled disk must not pile up connections: Segment gives up after 5 s and retries
     // anyway, and it retries a 408 too.
@@ -251,7 +310,8 @@ fn spawn_server(
 }
 
 /// Waits for delivery to stop by itself; at the deadline, stops it where it is. Its current
-/// job was not recorded as done, so its events are still queued for the next start.
+/// job was not recorded as done, so its events are still queued for the next start (or the
+/// next leader). Then the lease is handed over at once.
 async fn drain(workers: Workers, deadline: Duration) {
     let abort = workers.delivery.abort_handle();
     if tokio::time::timeout(deadline, workers.delivery)
@@ -264,6 +324,9 @@ async fn drain(workers: Workers, deadline: Duration) {
     for task in workers.housekeeping {
         task.abort();
     }
+    workers.stop_leader.cancel();
+    let _ = workers.leader_task.await;
+    workers.leader.release().await;
 }
 
 /// Builds the delivery worker: its sections are handed over whole.
@@ -291,6 +354,7 @@ fn delivery_for(settings: &Settings, parts: &Parts) -> Delivery {
         mapping: mapping.clone(),
         wake: parts.wake.clone(),
         activity: parts.activity.clone(),
+        leadership: parts.leadership.clone(),
         clock,
     }
 }

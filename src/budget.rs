@@ -3,12 +3,18 @@
 //! In: `acquire()` before each request to ProsperStack; `observe()` with the `RateLimit-Remaining`
 //! and `RateLimit-Reset` headers of every response; `pause_for()` after a 429.
 //! Out: `acquire()` returns when a request may be sent; `last_remaining()` for metrics and health.
+//! Across replicas: `snapshot()` is what this budget knows of the server's window, for the next
+//! deliverer (`seed()` starts a budget from one), and `changed()` says when it moved.
 //! Invariants:
 //! - On its own, the limiter never lets more than `requests` acquisitions into ANY window of
 //!   length `window` (sliding, so fixed windows too): see [`quota_for`] for the arithmetic.
 //! - The server's headers are the truth, because other clients share the key: when it says the
 //!   window is spent, or answers 429, every acquisition waits for the reset.
 //! - Pauses only ever extend (the later of the current and the new end wins).
+//! - The server's last `RateLimit-Remaining` and `RateLimit-Reset` (or a handed-over
+//!   snapshot) are an allowance: each admission spends one, and when none is left every
+//!   acquisition waits for its reset, so a deliverer that takes over mid-window spends only what
+//!   its predecessor left.
 //! - Time comes from the relay's [`Clock`], so tests run in simulated time instead of sleeping.
 
 use std::collections::VecDeque;
@@ -22,6 +28,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::clock::SharedClock;
+use crate::store::BudgetSnapshot;
 
 /// Margin added to a server-announced reset, so our first request lands after the server's
 /// window has really turned over (clocks and network latency differ by a few milliseconds).
@@ -75,9 +82,18 @@ pub fn quota_for(requests: u32, window: Duration) -> (u32, Duration) {
     (burst, period)
 }
 
+/// What the server said is left of its window (or a predecessor handed over), counted down by
+/// each admission since.
+#[derive(Clone, Copy)]
+struct Allowance {
+    remaining: u32,
+    until: Instant,
+}
+
 #[derive(Default)]
 struct ServerView {
     paused_until: Option<Instant>,
+    allowance: Option<Allowance>,
     last_remaining: Option<u32>,
     /// When each request of the last window was admitted (at most `requests` of them), so
     /// status can say how much of the window is spent.
@@ -91,6 +107,7 @@ pub struct Budget {
     clock: SharedClock,
     limiter: Limiter,
     server: Mutex<ServerView>,
+    changed: tokio::sync::Notify,
 }
 
 impl Budget {
@@ -107,6 +124,7 @@ impl Budget {
             limiter: RateLimiter::direct_with_clock(quota, GovernorTime(clock.clone())),
             clock,
             server: Mutex::new(ServerView::default()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -114,7 +132,7 @@ impl Budget {
     pub async fn acquire(&self) {
         loop {
             // Checked again after every sleep: a 429 seen by another task may have paused us.
-            if let Some(until) = self.paused_until() {
+            if let Some(until) = self.paused_until().or_else(|| self.allowance_spent()) {
                 self.clock.sleep_until(until).await;
                 continue;
             }
@@ -139,10 +157,61 @@ impl Budget {
         if remaining.is_some() {
             view.last_remaining = remaining;
         }
+        if let (Some(remaining), Some(reset)) = (remaining, reset) {
+            let until = self.clock.now() + reset.min(MAX_PAUSE);
+            view.allowance = Some(Allowance { remaining, until });
+        }
         if remaining == Some(0) {
             let wait = reset.unwrap_or(self.window) + RESET_MARGIN;
             self.extend_pause(&mut view, wait);
         }
+        drop(view);
+        self.changed.notify_one();
+    }
+
+    /// What this budget knows of the server's window, for whoever delivers next: the server's
+    /// allowance counted down, else the limit less this process's own requests in the last
+    /// window, for a whole window; nothing while paused. One less than known, as one request
+    /// may be on its way whose answer (and whose snapshot) never comes.
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        let now = self.clock.now();
+        if let Some(until) = self.paused_until() {
+            return BudgetSnapshot {
+                remaining: 0,
+                reset_in: until.saturating_duration_since(now),
+            };
+        }
+        let used = self.used_in_window();
+        let (remaining, reset_in) = match self.allowance(now) {
+            Some(a) => (a.remaining, a.until.saturating_duration_since(now)),
+            None => (self.requests.saturating_sub(used), self.window),
+        };
+        BudgetSnapshot {
+            remaining: remaining.saturating_sub(1),
+            reset_in,
+        }
+    }
+
+    /// Starts from what a previous deliverer knew of the window: at most `remaining` requests
+    /// until the reset (a stricter allowance this budget already has is kept).
+    pub fn seed(&self, snapshot: BudgetSnapshot) {
+        let now = self.clock.now();
+        let mut view = self.view();
+        let mut seeded = Allowance {
+            remaining: snapshot.remaining,
+            until: now + snapshot.reset_in.min(MAX_PAUSE),
+        };
+        if let Some(current) = view.allowance.filter(|a| a.until > now) {
+            seeded.remaining = seeded.remaining.min(current.remaining);
+            seeded.until = seeded.until.max(current.until);
+        }
+        view.allowance = Some(seeded);
+    }
+
+    /// Resolves when the budget has moved (a request admitted, a response's headers seen)
+    /// since the last call returned.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// After a 429: pause all acquisitions for `wait` (never shortening a longer pause).
@@ -175,6 +244,23 @@ impl Budget {
         let mut view = self.view();
         forget_older(&mut view.admitted, now, self.window);
         view.admitted.push_back(now);
+        if let Some(allowance) = view.allowance.as_mut() {
+            allowance.remaining = allowance.remaining.saturating_sub(1);
+        }
+        drop(view);
+        self.changed.notify_one();
+    }
+
+    /// The allowance still running at `now`, if any.
+    fn allowance(&self, now: Instant) -> Option<Allowance> {
+        self.view().allowance.filter(|a| a.until > now)
+    }
+
+    /// When the running allowance resets (plus [`RESET_MARGIN`]), if none of it is left.
+    fn allowance_spent(&self) -> Option<Instant> {
+        self.allowance(self.clock.now())
+            .filter(|a| a.remaining == 0)
+            .map(|a| a.until + RESET_MARGIN)
     }
 
     /// The clock this budget waits on (the client reads the time of day from it too).
@@ -398,6 +484,41 @@ mod tests {
         assert_eq!(budget.used_in_window(), 0);
         let per_minute = budget.sustained_per_sec() * 60.0;
         assert!((per_minute - 98.0).abs() < 0.01, "{per_minute}");
+    }
+
+    /// A handed-over budget is an allowance: its requests pass, the next waits for its reset.
+    #[tokio::test]
+    async fn seeded_allowance_is_spent_then_waits_for_the_reset() {
+        let (clock, budget) = simulated(100, Duration::from_secs(60));
+        budget.seed(BudgetSnapshot {
+            remaining: 2,
+            reset_in: Duration::from_secs(30),
+        });
+        let start = clock.now();
+        budget.acquire().await;
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) < Duration::from_secs(30));
+        budget.acquire().await;
+        assert!(clock.now().duration_since(start) >= Duration::from_secs(30));
+    }
+
+    /// The snapshot counts the server's allowance down by each admission, keeps one back for a
+    /// request in flight, and without headers falls back to the limit less its own requests.
+    #[tokio::test]
+    async fn snapshot_from_headers_or_own_count() {
+        let (_clock, budget) = simulated(100, Duration::from_secs(60));
+        budget.acquire().await;
+        budget.acquire().await;
+        let own = budget.snapshot();
+        assert_eq!(own.remaining, 97);
+        assert_eq!(own.reset_in, Duration::from_secs(60));
+        budget.observe(Some(10), Some(Duration::from_secs(30)));
+        budget.acquire().await;
+        let seen = budget.snapshot();
+        assert_eq!(seen.remaining, 8);
+        assert!(seen.reset_in <= Duration::from_secs(30));
+        budget.pause_for(Duration::from_secs(5));
+        assert_eq!(budget.snapshot().remaining, 0);
     }
 
     /// One request per window: the second waits more than a full window.

@@ -14,7 +14,10 @@
 //! - an email with no subscriber yet waits on a growing schedule for `subscriber_wait`, then
 //!   becomes a dead letter; other failures retry (5xx, timeouts: backoff; 429: the window)
 //!   until `retry_window`, except refusals, which are dead letters at once;
-//! - on shutdown the current job finishes or is left queued: nothing is lost either way.
+//! - on shutdown the current job finishes or is left queued: nothing is lost either way;
+//! - it delivers only while this process holds the delivery lease ([`Leadership`]), and
+//!   records each job under the lease it was sent under: a write the store refuses
+//!   (`LeaseLost`) stops delivery at once, the job's events still queued.
 //!
 //! Configured by [`DeliverySettings`], the `[delivery]` section, used as the configuration
 //! deserialises it.
@@ -30,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{self, millis, SharedClock};
 use crate::config::ConfigError;
 use crate::identify::platform_id_in;
+use crate::leader::Leadership;
 use crate::mapping::{self, Catalogue, CatalogueCache, MappingSettings, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client, NewProperty, PropertyType};
@@ -37,7 +41,7 @@ use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
 use crate::status::Activity;
 use crate::store::{
-    DeadLetterCause, Job, JobOutcome, JobResult, RejectedProperty, Store, StoreError,
+    DeadLetterCause, Job, JobOutcome, JobResult, Lease, RejectedProperty, Store, StoreError,
 };
 
 /// Longest pause of the whole worker after a failed round, and its pause while the key is
@@ -46,6 +50,9 @@ const WORKER_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Jobs read from the store at a time.
 const BATCH: usize = 200;
+
+/// A standby looks at its leadership at least this often (the leader task also wakes it).
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// The `[delivery]` section: how long things wait, and how retries back off.
 #[derive(Clone, Debug, Deserialize)]
@@ -154,6 +161,8 @@ pub struct Delivery {
     pub clock: SharedClock,
     /// What was delivered and left out, for status and progress.
     pub activity: Arc<Activity>,
+    /// Whether this process may deliver, and the lease its writes carry.
+    pub leadership: Arc<Leadership>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,12 +179,21 @@ impl Delivery {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            if self.leadership.current().is_none() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = self.leadership.changed(STANDBY_POLL) => {}
+                }
+                continue;
+            }
             match self.run_once(&shutdown).await {
                 Ok(0) => {
                     failures = 0;
                     self.idle(&shutdown).await
                 }
                 Ok(_) => failures = 0,
+                // Not the leader any more: wait for the lease above, no backoff.
+                Err(DeliveryError::Store(StoreError::LeaseLost)) => {}
                 Err(e) => {
                     let delay = self.pause_after(&e, failures);
                     failures = failures.saturating_add(1);
@@ -247,7 +265,11 @@ impl Delivery {
             if shutdown.is_cancelled() {
                 break;
             }
-            let trouble = self.deliver_current(email, &catalogue).await?;
+            // Checked before each job: the lease may have lapsed while the last one waited.
+            let Some(lease) = self.leadership.current() else {
+                break;
+            };
+            let trouble = self.deliver_current(email, &catalogue, &lease).await?;
             handled += 1;
             if let Some(error) = trouble {
                 // ProsperStack itself is failing: the other jobs would fail the same way and
@@ -260,19 +282,27 @@ impl Delivery {
 
     /// Delivers one email's job as it is now and records the result. Sending a batch takes
     /// minutes at 100 requests a minute, so the job is re-read: events queued since it was
-    /// listed join its update instead of needing another.
+    /// listed join its update instead of needing another. The result is recorded under the
+    /// lease the job was sent under: if that tenure ended meanwhile, nothing is recorded and
+    /// the next leader sends the job again.
     async fn deliver_current(
         &self,
         email: &str,
         catalogue: &Arc<Catalogue>,
+        lease: &Lease,
     ) -> Result<Option<ApiError>, StoreError> {
         let Some(job) = self.store.job(email).await? else {
             return Ok(None);
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
         let now = self.clock.wall_ms();
-        let lease = crate::store::sole_deliverer_lease(self.store.as_ref(), now).await?;
-        let ids = self.store.finish(&lease, vec![result.clone()], now).await?;
+        let ids = match self.store.finish(lease, vec![result.clone()], now).await {
+            Err(StoreError::LeaseLost) => {
+                self.leadership.lost(lease);
+                return Err(StoreError::LeaseLost);
+            }
+            other => other?,
+        };
         self.report_dead_letters(&result, &ids);
         if matches!(result.outcome, JobOutcome::Delivered { .. }) {
             self.activity.delivered(now);

@@ -5,7 +5,8 @@
 //!   limit, the three body shapes; answers only after the store committed.
 //! - [`identify`]: one Segment event → a normalised update (email, flattened traits, Engage
 //!   computation, time), a delete request, or an ignored type.
-//! - [`store`]: the durable queue (SQLite, WAL, group commit): dedupe by messageId,
+//! - [`store`]: the durable queue (SQLite in WAL, or PostgreSQL shared by replicas; group
+//!   commit): dedupe by messageId,
 //!   `userId → email`, one job per email, applied timestamps, dead letters.
 //! - [`delivery`]: the worker: due jobs → one update per subscriber, latest value wins,
 //!   retries, waiting subscribers, dead letters.
@@ -16,7 +17,8 @@
 //! - [`prosperstack`]: the ProsperStack API client (HTTP and the API's types only).
 //!
 //! Around it: [`config`] (one typed settings tree from file and environment; each stage owns
-//! its section), [`app`] (wiring, run, drain),
+//! its section), [`app`] (wiring, run, drain), [`leader`] (which replica delivers: the
+//! store's lease, renewed, released on shutdown, with the budget handed over),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! and [`cli`] (subcommands).
 //!
@@ -31,6 +33,7 @@ pub mod delivery;
 pub mod health;
 pub mod identify;
 pub mod ingest;
+pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod prosperstack;

@@ -86,6 +86,7 @@ pub struct Metrics {
     dead_letters: Gauge,
     dead_lettered: Family<ReasonLabels, Counter>,
     retries: Counter,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -126,6 +127,7 @@ impl Metrics {
             dead_letters: Gauge::default(),
             dead_lettered: Family::default(),
             retries: Counter::default(),
+            leader: Gauge::default(),
         };
         m.register_events_and_queue(&mut registry);
         m.register_delivery(&mut registry);
@@ -224,6 +226,11 @@ impl Metrics {
             "delivery_retries",
             "Deliveries rescheduled after a failure",
             self.retries.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the delivery lease (it delivers), else 0",
+            self.leader.clone(),
         );
     }
 
@@ -361,6 +368,10 @@ impl Metrics {
         if status == "429" {
             self.upstream_rate_limited.inc();
         }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn set_key_refused(&self, refused: bool) {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, SharedClock};
+use crate::leader::Leadership;
 use crate::prosperstack::{Client, KeyState, RateLimitSeen};
 use crate::store::{QueueStats, StateStats, Store};
 
@@ -127,6 +128,20 @@ pub struct Status {
     /// saved before it was kept).
     #[serde(default)]
     pub resolved_by: ResolvedBy,
+    /// Whether this replica delivers (holds the delivery lease).
+    #[serde(default)]
+    pub leader: LeaderView,
+}
+
+/// This replica's part in delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    /// The holder id this replica asks for the lease under.
+    pub holder: String,
+    /// It holds the lease: it delivers.
+    pub leading: bool,
+    /// The lease's epoch (its fencing token) while it leads.
+    pub epoch: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +200,7 @@ pub struct Sources {
     pub clock: SharedClock,
     pub started_ms: i64,
     pub replica: String,
+    pub leadership: Arc<Leadership>,
 }
 
 impl Sources {
@@ -232,6 +248,16 @@ impl Sources {
             unmatched_traits: self.activity.top_unmatched(),
             store_bytes: stats.bytes,
             resolved_by: self.activity.resolved_by(),
+            leader: self.leader_view(),
+        }
+    }
+
+    fn leader_view(&self) -> LeaderView {
+        let epoch = self.leadership.held_epoch();
+        LeaderView {
+            holder: self.leadership.holder().to_owned(),
+            leading: epoch.is_some(),
+            epoch,
         }
     }
 }
@@ -287,6 +313,10 @@ struct Progress {
 
 impl Progress {
     fn report(&mut self, sources: &Sources, stats: &QueueStats, interval: Duration) {
+        // A standby delivers nothing: the leader's lines are the ones that say something.
+        if sources.leadership.current().is_none() {
+            return;
+        }
         let delivered_total = sources.activity.delivered_total();
         let requests_total = sources.client.observed().snapshot().requests;
         // The first line counts from the start of the process, when progress began watching.

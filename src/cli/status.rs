@@ -1,6 +1,6 @@
 //! `status [--json] [--watch] [--sandbox]`: what a running relay is doing, read from its store.
 //!
-//! In: the data directory (secrets are not read). Out: the status `serve` saved last (every
+//! In: the configured store (the data directory, or `database_url`; other secrets are not read). Out: the status `serve` saved last (every
 //! 5 s), with the queue figures read afresh from the store, as text or JSON; with `--watch`,
 //! redrawn every 2 s with a bar toward an empty backlog, until Ctrl-C.
 //! Stays true: nothing here writes to the store; no email is printed (the status has none).
@@ -14,7 +14,7 @@ use clap::Args;
 use super::{config_failure, tool_settings};
 use crate::clock::{Clock, TokioClock};
 use crate::status::{queue_view, QueueView, StateView, Status};
-use crate::store::{QueueStats, SqliteStore, Store};
+use crate::store::{QueueStats, Store};
 
 /// A saved status older than this comes from a relay that is not running (it saves every 5 s).
 const STALE_AFTER_MS: i64 = 30_000;
@@ -39,6 +39,8 @@ pub struct StatusArgs {
 /// What `status` shows: the last saved status (if any) and the queue as it is now.
 struct Reading {
     saved: Option<Status>,
+    /// Serving processes that saved a status lately.
+    replicas: usize,
     queue: QueueView,
     dead_letters: u64,
     now_ms: i64,
@@ -49,7 +51,7 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };
-    let store = match SqliteStore::open_shared(&settings.data_dir) {
+    let store = match crate::app::open_store_shared(&settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -57,9 +59,9 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
         }
     };
     let result = if args.watch {
-        watch(&store).await
+        watch(store.as_ref()).await
     } else {
-        read(&store).await.map(|r| print(&r, args.json))
+        read(store.as_ref()).await.map(|r| print(&r, args.json))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,13 +75,24 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
 async fn read(store: &dyn Store) -> Result<Reading, crate::store::StoreError> {
     let now_ms = TokioClock.wall_ms();
     let stats: QueueStats = store.stats().await?;
-    let saved = store
+    let statuses: Vec<Status> = store
         .saved_statuses()
         .await?
         .into_iter()
-        .find_map(|s| serde_json::from_str::<Status>(&s.body).ok());
+        .filter_map(|s| serde_json::from_str::<Status>(&s.body).ok())
+        .collect();
+    let fresh = |s: &&Status| now_ms - s.at_ms <= STALE_AFTER_MS;
+    // The leader's status is the one whose budget and ETA move; else the latest saved.
+    let saved = statuses
+        .iter()
+        .filter(fresh)
+        .find(|s| s.leader.leading)
+        .or(statuses.first())
+        .cloned();
+    let replicas = statuses.iter().filter(fresh).count();
     Ok(Reading {
         saved,
+        replicas,
         queue: queue_view(&stats, now_ms),
         dead_letters: stats.dead_letters,
         now_ms,
@@ -175,12 +188,31 @@ fn render(r: &Reading) -> String {
             "no status saved yet (serve has not run on this store); the queue is read now".into(),
         ),
     }
+    if let Some(s) = r
+        .saved
+        .as_ref()
+        .filter(|s| r.now_ms - s.at_ms <= STALE_AFTER_MS)
+    {
+        line(&mut out, "delivering", leader_line(s, r.replicas));
+    }
     render_queue(&mut out, &r.queue);
     if let Some(s) = &r.saved {
         render_saved(&mut out, s);
     }
     line(&mut out, "dead letters", count(r.dead_letters));
     out
+}
+
+/// Which replica delivers, out of how many serving.
+fn leader_line(s: &Status, replicas: usize) -> String {
+    let of = match replicas {
+        0 | 1 => String::new(),
+        n => format!(" (of {n} replicas serving)"),
+    };
+    match (s.leader.leading, s.leader.epoch) {
+        (true, Some(epoch)) => format!("{} holds the lease, epoch {epoch}{of}", s.leader.holder),
+        _ => format!("no replica holds the delivery lease right now{of}"),
+    }
 }
 
 fn render_queue(out: &mut String, q: &QueueView) {
@@ -307,5 +339,44 @@ mod tests {
         assert!(half.starts_with(&format!("[{}{}]", "#".repeat(20), "-".repeat(20))));
         assert!(half.contains(" 50%") && half.contains("500 left"), "{half}");
         assert!(bar(10, 0).contains("100%"));
+    }
+}
+
+#[cfg(test)]
+mod leader_tests {
+    use super::*;
+    use crate::status::LeaderView;
+
+    /// The delivering line names the lease's holder and epoch, or says no replica holds it.
+    #[test]
+    fn leader_line_names_the_holder() {
+        let mut status: Status = serde_json::from_value(serde_json::json!({
+            "version": "0", "replica": "r", "at_ms": 0, "uptime_secs": 0,
+            "queue": {"subscribers": 0, "events": 0,
+                "due": {"subscribers": 0, "events": 0, "oldest_age_secs": null},
+                "waiting": {"subscribers": 0, "events": 0, "oldest_age_secs": null},
+                "retrying": {"subscribers": 0, "events": 0, "oldest_age_secs": null}},
+            "budget": {"limit": 100, "window_secs": 60.0, "used_in_window": 0,
+                "sustained_per_minute": 98.0, "last_seen": null},
+            "eta_secs": null,
+            "upstream": {"key": "unknown", "key_refused_since_ms": null, "last_success_ms": null,
+                "last_delivery_ms": null, "last_error": null, "last_error_ms": null, "requests": 0},
+            "dead_letters": 0, "unmatched_traits": [], "store_bytes": 0
+        }))
+        .expect("a status saved before leader views existed still reads");
+        assert_eq!(status.leader, LeaderView::default());
+        assert_eq!(
+            leader_line(&status, 2),
+            "no replica holds the delivery lease right now (of 2 replicas serving)"
+        );
+        status.leader = LeaderView {
+            holder: "pod-a/7/1f".into(),
+            leading: true,
+            epoch: Some(3),
+        };
+        assert_eq!(
+            leader_line(&status, 1),
+            "pod-a/7/1f holds the lease, epoch 3"
+        );
     }
 }

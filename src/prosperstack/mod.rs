@@ -8,7 +8,9 @@
 //! Invariants:
 //! - Every request first waits for `budget.acquire()`; every response, whatever its status,
 //!   feeds `RateLimit-Remaining` / `RateLimit-Reset` back to the budget; a 429 pauses it.
-//! - Redirects are not followed: each request the budget admits is exactly one request sent.
+//! - Redirects are not followed: each request the budget admits is exactly one request sent,
+//!   unless the client's send gate ([`Client::with_send_gate`]) holds it back: a replica that
+//!   lost the delivery lease while it waited for the budget sends nothing more.
 //! - Metrics are labelled with endpoint templates ("PUT /v1/subscribers/{id}"), never raw paths;
 //!   an update's label names the verb it was actually sent with.
 //! - Updates use the configured [`UpdateMethod`]; an update answered 405 is sent once more with
@@ -94,7 +96,12 @@ pub struct Client {
     observed: Arc<Observed>,
     /// The verb updates use now; shared by clones, so a switch after a 405 holds for all.
     update: Arc<CurrentVerb>,
+    /// Asked after the budget admits a request, before it is sent; `None`: always send.
+    gate: Option<SendGate>,
 }
+
+/// Whether a request may still go out, asked just before it is sent.
+pub type SendGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,7 +140,17 @@ impl Client {
             metrics,
             observed,
             update: Arc::new(CurrentVerb::new(UpdateMethod::default())),
+            gate: None,
         })
+    }
+
+    /// The same client asking `gate` before each request goes out (after the budget's wait):
+    /// when it says no, the request is not sent and is answered [`ApiError::Retryable`]. The
+    /// relay's deliverer gates on holding the delivery lease, so a leader that lost it while
+    /// it waited cannot overwrite what its successor sent.
+    pub fn with_send_gate(mut self, gate: SendGate) -> Client {
+        self.gate = Some(gate);
+        self
     }
 
     /// The same client sending updates with `method` first (`update_method`); the returned
@@ -360,6 +377,11 @@ impl Client {
         request: RequestBuilder,
     ) -> Result<(HeaderMap, Bytes), ApiError> {
         self.budget.acquire().await;
+        if self.gate.as_ref().is_some_and(|may_send| !may_send()) {
+            return Err(retryable(
+                "not sent: this replica no longer holds the delivery lease".into(),
+            ));
+        }
         self.observed.request_sent();
         let started = Instant::now();
         let sent = request.basic_auth(self.key.expose(), Some("")).send().await;

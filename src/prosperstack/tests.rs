@@ -571,3 +571,27 @@ fn error_message_table() {
         r#"{"error": {"nested": 1}}"#
     );
 }
+
+/// A closed send gate (a deliverer that lost its lease while waiting for the budget) holds the
+/// request back: nothing reaches the API, and the caller gets a retryable error.
+#[tokio::test]
+async fn closed_send_gate_sends_nothing() {
+    let routes = Router::new().route(
+        "/v1/properties",
+        get(|| async { Json(json!({"data": [], "next_cursor": null})) }),
+    );
+    let (base, log) = serve(routes).await;
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = open.clone();
+    let client = rig(base, SECRET, Duration::from_secs(5))
+        .client
+        .with_send_gate(Arc::new(move || {
+            gate.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+    client.all_properties().await.expect("sent while open");
+    assert_eq!(seen(&log).len(), 1);
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let held = client.all_properties().await.expect_err("held back");
+    assert!(matches!(held, ApiError::Retryable { .. }), "{held:?}");
+    assert_eq!(seen(&log).len(), 1, "nothing more was sent");
+}

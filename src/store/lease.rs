@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// One tenure of the delivery lease; only a store makes one, when it grants the lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,22 +60,4 @@ impl BudgetSnapshot {
             reset_in: Duration::from_millis(reset_in_ms),
         })
     }
-}
-
-/// The holder the delivery worker uses until it keeps the lease across rounds.
-pub const SOLE_DELIVERER: &str = "relay";
-
-/// How long a lease taken by [`sole_deliverer_lease`] lasts.
-pub const SOLE_DELIVERER_TTL: Duration = Duration::from_secs(60);
-
-/// A bridge for the delivery worker until it holds the lease across rounds (and renews it in
-/// the background): takes or renews the lease under [`SOLE_DELIVERER`] just before a write.
-/// With one relay per store (SQLite's directory lock) it is always granted, so delivery
-/// behaves as it did before the lease; a store whose lease another holder has refuses with
-/// [`StoreError::LeaseLost`], and the events stay queued.
-pub async fn sole_deliverer_lease(store: &dyn Store, now_ms: i64) -> Result<Lease, StoreError> {
-    store
-        .acquire_lease(SOLE_DELIVERER, SOLE_DELIVERER_TTL, now_ms)
-        .await?
-        .ok_or(StoreError::LeaseLost)
 }

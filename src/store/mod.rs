@@ -62,6 +62,7 @@ mod codec;
 mod lease;
 mod migrate;
 mod postgres;
+mod settings;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -71,8 +72,9 @@ use serde_json::{Map, Value};
 
 use crate::identify::{Engage, Event};
 
-pub use lease::{sole_deliverer_lease, BudgetSnapshot, Lease};
+pub use lease::{BudgetSnapshot, Lease};
 pub use postgres::PostgresStore;
+pub use settings::StoreSettings;
 pub use sqlite::SqliteStore;
 
 /// Tunables shared by every store.

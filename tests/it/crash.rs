@@ -20,15 +20,19 @@ use serde_json::json;
 const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The relay binary as a child process; killed (SIGKILL) and reaped when dropped, even on panic.
-struct RelayProcess {
-    child: ChildGuard,
-    url: String,
+pub(crate) struct RelayProcess {
+    pub(crate) child: ChildGuard,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
 impl RelayProcess {
     /// Starts `serve` on a free port with the test environment (nothing inherited).
-    fn spawn(sandbox_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> RelayProcess {
+    pub(crate) fn spawn(
+        sandbox_url: &str,
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> RelayProcess {
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).expect("relay log file");
@@ -58,7 +62,7 @@ impl RelayProcess {
     }
 
     /// Waits (bounded) until `/healthz` answers 200.
-    async fn wait_healthy(&mut self, http: &reqwest::Client) {
+    pub(crate) async fn wait_healthy(&mut self, http: &reqwest::Client) {
         let url = format!("{}/healthz", self.url);
         let healthy = eventually(PATIENCE, || async {
             matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
@@ -74,22 +78,22 @@ impl RelayProcess {
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.child.kill();
         let _ = self.child.child.wait();
     }
 
     /// SIGTERM, as an orchestrator stops a container.
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         self.child.terminate();
     }
 
     /// Polls for the process to exit, up to `limit`.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.child.wait_exit(limit).await
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -98,13 +102,13 @@ impl RelayProcess {
 
 /// Per subscriber: the highest version the relay acknowledged and the highest one sent.
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     versions: HashMap<String, (u32, u32)>,
-    acknowledged: usize,
+    pub(crate) acknowledged: usize,
 }
 
 impl Ledger {
-    fn record(&mut self, email: &str, version: u32, acked: bool) {
+    pub(crate) fn record(&mut self, email: &str, version: u32, acked: bool) {
         let entry = self.versions.entry(email.to_owned()).or_default();
         entry.1 = entry.1.max(version);
         if acked {
@@ -114,7 +118,7 @@ impl Ledger {
     }
 
     /// Subscribers with at least one acknowledged event.
-    fn acknowledged_subscribers(&self) -> usize {
+    pub(crate) fn acknowledged_subscribers(&self) -> usize {
         self.versions
             .values()
             .filter(|(acked, _)| *acked > 0)
@@ -123,7 +127,7 @@ impl Ledger {
 
     /// Subscribers whose `plan` in the sandbox is the latest acknowledged version, or a later one
     /// that was sent (stored but its answer lost is allowed; older is never).
-    fn arrived(&self, sandbox: &prosperstack_sandbox::Sandbox) -> usize {
+    pub(crate) fn arrived(&self, sandbox: &prosperstack_sandbox::Sandbox) -> usize {
         let values: HashMap<String, Option<serde_json::Value>> = sandbox
             .subscribers()
             .into_iter()
@@ -145,7 +149,7 @@ fn plan_value(version: u32) -> String {
 }
 
 /// The Identify that sets `plan = "v<version>"`; a higher version has a later timestamp.
-fn versioned_event(email: &str, version: u32) -> serde_json::Value {
+pub(crate) fn versioned_event(email: &str, version: u32) -> serde_json::Value {
     identify(
         &format!("{email}-v{version}"),
         email,
@@ -155,7 +159,11 @@ fn versioned_event(email: &str, version: u32) -> serde_json::Value {
 }
 
 /// Posts one event; answers whether the relay acknowledged it (2xx).
-async fn post_event(http: &reqwest::Client, relay_url: &str, event: &serde_json::Value) -> bool {
+pub(crate) async fn post_event(
+    http: &reqwest::Client,
+    relay_url: &str,
+    event: &serde_json::Value,
+) -> bool {
     let sent = http
         .post(format!("{relay_url}/v1/segment"))
         .header("content-type", "application/json")
@@ -167,7 +175,7 @@ async fn post_event(http: &reqwest::Client, relay_url: &str, event: &serde_json:
 
 /// Posts every (email, version) from `tasks` concurrent tasks, each sending its share one
 /// event per request, and records in the ledger which were acknowledged.
-async fn burst(
+pub(crate) async fn burst(
     http: &reqwest::Client,
     relay_url: &str,
     events: Vec<(String, u32)>,
@@ -211,7 +219,7 @@ fn email_index(email: &str) -> usize {
 }
 
 /// Versions 1..=3 for every email, in a shuffled (seeded) order.
-fn shuffled_versions(emails: &[String], seed: u64) -> Vec<(String, u32)> {
+pub(crate) fn shuffled_versions(emails: &[String], seed: u64) -> Vec<(String, u32)> {
     let mut events: Vec<(String, u32)> = emails
         .iter()
         .flat_map(|e| (1..=3).map(move |v| (e.clone(), v)))

@@ -18,6 +18,8 @@
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
 //! - [`tracking`]: the Tracking API endpoints (`/v1/batch`, …): write keys, basic auth, gzip.
+//! - [`replicas`]: two real `serve` processes on one PostgreSQL database: failover, rolling
+//!   restart, the database cut off, one messageId posted to both (skipped without a server).
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -38,5 +40,6 @@ mod quick_start;
 mod relay;
 mod reliability;
 mod tracking;
+mod replicas;
 mod update_verb;
 mod upgrade;
