@@ -30,6 +30,7 @@ pub mod config;
 pub mod delivery;
 pub mod health;
 pub mod identify;
+pub mod import;
 pub mod ingest;
 pub mod mapping;
 pub mod metrics;

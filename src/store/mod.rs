@@ -86,6 +86,49 @@ pub struct Incoming {
     pub event: Event,
     /// The event's JSON as received, kept for dead letters and replay.
     pub raw: String,
+    /// Live from Segment, or imported history that waits behind live events.
+    pub lane: Lane,
+}
+
+impl Incoming {
+    /// An event as Segment sent it, in the live lane.
+    pub fn live(event: Event, raw: String) -> Incoming {
+        Incoming {
+            event,
+            raw,
+            lane: Lane::Live,
+        }
+    }
+}
+
+/// Which queue an event waits in. Due jobs are delivered live lane first, so a long backfill
+/// never holds back a change Segment just sent; a job holding any live event is live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Segment's events (and replayed dead letters): first.
+    #[default]
+    Live,
+    /// Imported history (`prosperstack-relay import`): when no live job is due.
+    Background,
+}
+
+impl Lane {
+    /// As stored: 0 live, 1 background (ascending order is delivery order).
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Lane::Live => 0,
+            Lane::Background => 1,
+        }
+    }
+
+    pub fn from_i64(n: i64) -> Lane {
+        if n == 0 {
+            Lane::Live
+        } else {
+            Lane::Background
+        }
+    }
 }
 
 /// What became of one incoming event.

@@ -75,6 +75,22 @@ impl SqliteStore {
         Self::open_with(dir, StoreOptions::default(), false)
     }
 
+    /// Opens the store as [`open`](Self::open) does when no relay holds the directory, else
+    /// beside the running relay as [`open_shared`](Self::open_shared) does; answers whether
+    /// this process owns the store (and so may deliver from it: no relay can start meanwhile).
+    pub fn open_or_share(
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<(SqliteStore, bool), StoreError> {
+        match Self::open_with(dir, options, true) {
+            Ok(store) => Ok((store, true)),
+            Err(StoreError::DataDir { reason, .. }) if reason == LOCK_HELD => {
+                Ok((Self::open_shared(dir)?, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `exclusive`: the relay itself, which holds the directory lock and may upgrade the schema.
     fn open_with(
         dir: &Path,
@@ -148,14 +164,15 @@ impl SqliteStore {
     }
 }
 
+/// Why a data directory cannot be owned: another process owns it.
+const LOCK_HELD: &str = "another relay process is using it (relay.lock is held)";
+
 fn lock_dir(dir: &Path) -> Result<File, String> {
     let path: PathBuf = dir.join("relay.lock");
     let file = File::create(&path).map_err(|e| e.to_string())?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err("another relay process is using it (relay.lock is held)".into())
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(LOCK_HELD.into()),
         Err(std::fs::TryLockError::Error(e)) => Err(e.to_string()),
     }
 }
