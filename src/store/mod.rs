@@ -17,7 +17,10 @@
 //!   keyed by [`crate::identify::email_key`] (trimmed, lowercased): one job per person whatever
 //!   the case Segment sent; each event keeps the spelling it was sent with, for look-ups.
 //! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
-//!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
+//!   yet delivered. A job is due at `next_attempt_ms`; due jobs are listed live lane first
+//!   ([`Lane`]: a job is live while any of its events is), then by due time; a job whose live
+//!   events were delivered and whose imported ones remain goes back to the background lane.
+//!   Delivery reads due jobs, then reports a
 //!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
 //!   stay queued and make the job due again).
 //! - **Removal.** Events leave the queue only through `finish`: delivered (their values are
@@ -165,6 +168,8 @@ pub struct Job {
     pub first_queued_ms: i64,
     /// When delivery first found no subscriber with this email.
     pub waiting_since_ms: Option<i64>,
+    /// Live while any of its events is.
+    pub lane: Lane,
     pub events: Vec<QueuedEvent>,
     /// Property key → timestamp of the value last delivered for this email.
     pub applied: HashMap<String, i64>,
@@ -284,6 +289,17 @@ impl QueueStats {
     }
 }
 
+/// The queued events of one lane by their job's state, for following an import.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Never attempted yet.
+    pub due: u64,
+    /// Found no subscriber yet.
+    pub waiting: u64,
+    /// Failed and retried with backoff.
+    pub retrying: u64,
+}
+
 /// One state's share of the queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateStats {
@@ -399,10 +415,16 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<Incoming>,
         now_ms: i64,
     ) -> Result<Vec<IngestOutcome>, StoreError>;
-    /// Jobs due at `now_ms`, oldest first, at most `limit`.
+    /// Jobs due at `now_ms`, live lane first, then oldest first, at most `limit`.
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
-    /// The emails of the jobs due at `now_ms`, oldest first, at most `limit`.
+    /// The emails of the jobs due at `now_ms`, live lane first, then oldest first, at most
+    /// `limit`.
     async fn due_emails(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether a live job is due at `now_ms`: delivery stops working through imported jobs
+    /// when one is.
+    async fn live_due(&self, now_ms: i64) -> Result<bool, StoreError>;
+    /// The queued events of `lane` by state.
+    async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, StoreError>;
     /// One email's job as it is now (events queued since it was listed included), if any.
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.
