@@ -60,6 +60,27 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
 }
 
+/// The delivery worker alone, on a store this process owns: for `import`, which delivers what
+/// it queued when no relay runs. The same worker, client, budget and caches as `serve`'s.
+pub fn delivery_worker(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+) -> Result<Arc<Delivery>, AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let clock = TokioClock::shared();
+    let client = upstream_client(&settings.prosperstack, metrics.clone(), clock.clone())?;
+    let parts = Parts {
+        store,
+        metrics,
+        clock,
+        client,
+        activity: Arc::new(Activity::default()),
+        wake: Arc::new(Notify::new()),
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+    Ok(Arc::new(delivery_for(settings, &parts)))
+}
+
 /// The ProsperStack client, behind the one budget every upstream request passes.
 fn upstream_client(
     upstream: &ProsperStackSettings,

@@ -4,9 +4,17 @@
 //! In: Segment exports (NDJSON or a JSON array) and CSVs (`.csv`), read by [`crate::import`].
 //! Out: the rows queued through the store's `ingest`, a progress bar while reading (plain lines
 //! when stderr is not a terminal), and per file the rows queued, duplicate, skipped and rejected,
-//! with the lines and reasons of the ones not queued. Exit 0 when every file was read (a bad row
-//! is reported, not fatal), 1 when a file or the store could not be used, 2 for bad arguments.
-//! Stays true: `--dry-run` opens no store and writes nothing; no row stops the others.
+//! with the lines and reasons of the ones not queued; then (unless `--no-wait`) the drain of the
+//! imported updates followed with a bar and an ETA from the budget, until each is delivered,
+//! waiting for a subscriber or a dead letter, and a summary. Exit 0 when every file was read (a
+//! bad row is reported, not fatal), 1 when a file or the store could not be used, 2 when the
+//! arguments or settings cannot work.
+//!
+//! Who delivers: when `serve` runs on the store (it holds the data directory's lock), it does,
+//! and import only queues and follows; when none runs, import takes the lock itself (so no relay
+//! can start and deliver beside it) and runs the same delivery worker, under the store's lease.
+//! Stays true: `--dry-run` opens no store and writes nothing; no row stops the others; never two
+//! deliverers on one store.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,10 +24,17 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use super::{config_failure, tool_settings};
+use crate::budget::Budget;
 use crate::clock::{Clock, TokioClock};
+use crate::config::{self, Settings};
+use crate::delivery::Delivery;
 use crate::import::{self, Format, ReadOptions, Refused, Tally};
-use crate::store::{SqliteStore, Store, StoreOptions};
+use crate::store::{Lane, SqliteStore, Store, StoreError, StoreOptions};
 
 /// At most this many refused rows are listed per file and kind; the rest are counted.
 const LISTED: usize = 20;
@@ -60,25 +75,94 @@ pub(super) async fn import(config_file: Option<PathBuf>, args: ImportArgs) -> Ex
             return ExitCode::from(2);
         }
     };
-    let store = if args.dry_run {
-        None
-    } else {
-        let options = StoreOptions {
-            coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
-        };
+    if args.dry_run {
+        return read_all(None, &args, timestamp_ms).await.1;
+    }
+    let options = StoreOptions {
+        coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
+    };
+    let (store, owner): (Arc<dyn Store>, bool) =
         match SqliteStore::open_or_share(&settings.data_dir, options) {
-            Ok((store, _owner)) => Some(store),
+            Ok((store, owner)) => (Arc::new(store), owner),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
+        };
+    let deliverer = match own_delivery(config_file.as_deref(), &args, &settings, owner, &store) {
+        Ok(d) => d,
+        Err(line) => {
+            eprintln!("{line}");
+            return ExitCode::from(2);
         }
     };
-    let store_ref = store.as_ref().map(|s| s as &dyn Store);
+    let (total, code) = read_all(Some(store.as_ref()), &args, timestamp_ms).await;
+    if args.no_wait {
+        if owner && total.queued > 0 {
+            println!("no relay is running on this store: `prosperstack-relay serve` delivers the imported updates when it starts");
+        }
+        return code;
+    }
+    let per_sec = Budget::new(
+        settings.prosperstack.rate_limit_requests,
+        settings.prosperstack.rate_limit_window,
+        TokioClock::shared(),
+    )
+    .sustained_per_sec();
+    match follow(store.as_ref(), per_sec, deliverer).await {
+        Ok(()) => code,
+        Err(e) => {
+            eprintln!("cannot follow the imported updates: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The delivery worker when this process owns the store (no relay runs on it), else `None`
+/// (the relay delivers, or `--no-wait` leaves it to the next one); the line saying why it
+/// cannot deliver, before anything is queued.
+fn own_delivery(
+    config_file: Option<&Path>,
+    args: &ImportArgs,
+    settings: &Settings,
+    owner: bool,
+    store: &Arc<dyn Store>,
+) -> Result<Option<Arc<Delivery>>, String> {
+    if !owner {
+        println!(
+            "a relay is running on {}: it delivers, this import queues and follows",
+            settings.data_dir.display()
+        );
+        return Ok(None);
+    }
+    if args.sandbox {
+        return Err(format!("no `serve --sandbox` is running on {}: start it first (it starts its queue afresh, so rows imported before would be lost)", settings.data_dir.display()));
+    }
+    if args.no_wait {
+        return Ok(None);
+    }
+    let full = Settings::load(config_file, &config::process_env).map_err(|e| {
+        format!("{e}\nno relay is running on this store, so import delivers itself and needs the ProsperStack settings (or queue only with --no-wait, and start `serve` later)")
+    })?;
+    let worker = crate::app::delivery_worker(&full, store.clone()).map_err(|e| e.to_string())?;
+    println!(
+        "no relay is running on {}: this import delivers, with the relay's delivery worker",
+        settings.data_dir.display()
+    );
+    Ok(Some(worker))
+}
+
+/// Reads and queues every file (`store`: `None` for a dry run); answers the totals and the
+/// exit code (1 when a file could not be read or queued).
+async fn read_all(
+    store_ref: Option<&dyn Store>,
+    args: &ImportArgs,
+    timestamp_ms: Option<i64>,
+) -> (Tally, ExitCode) {
     let mut failed = false;
     let mut total = Tally::default();
     for file in &args.files {
-        match import_file(store_ref, file, &args, timestamp_ms).await {
+        match import_file(store_ref, file, args, timestamp_ms).await {
             Ok(tally) => add(&mut total, &tally),
             Err(line) => {
                 println!("{line}");
@@ -89,10 +173,144 @@ pub(super) async fn import(config_file: Option<PathBuf>, args: ImportArgs) -> Ex
     if args.files.len() > 1 {
         println!("all files: {}", counts(&total, args.dry_run));
     }
-    if failed {
+    let code = if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    };
+    (total, code)
+}
+
+/// Follows the background lane until none of its updates is due or retrying (delivering them
+/// with `deliverer` when this process owns the store), or until Ctrl-C; then the summary.
+async fn follow(
+    store: &dyn Store,
+    per_sec: f64,
+    deliverer: Option<Arc<Delivery>>,
+) -> Result<(), StoreError> {
+    let stop = CancellationToken::new();
+    let worker = deliverer.map(|d| tokio::spawn(d.run(stop.clone())));
+    let result = watch_drain(store, per_sec).await;
+    // The worker returns between jobs; whatever it had not recorded stays queued.
+    stop.cancel();
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    result
+}
+
+/// How often the drain is read again.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+async fn watch_drain(store: &dyn Store, per_sec: f64) -> Result<(), StoreError> {
+    let dead_before = store.stats().await?.dead_letters;
+    let first = store.lane_stats(Lane::Background).await?;
+    let total = first.due + first.retrying + first.waiting;
+    if first.due + first.retrying == 0 {
+        println!(
+            "nothing imported is left to deliver ({} waiting for a subscriber)",
+            first.waiting
+        );
+        return Ok(());
+    }
+    println!(
+        "following {total} imported updates (the budget allows {:.0} requests a minute; live events go first)",
+        per_sec * 60.0
+    );
+    let bar = DrainBar::new(total);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => {
+                bar.finish();
+                println!("stopped following: the imported updates stay queued, and the relay delivers them");
+                return Ok(());
+            }
+            _ = tick.tick() => {}
+        }
+        let lane = store.lane_stats(Lane::Background).await?;
+        let left = lane.due + lane.retrying;
+        let eta = crate::status::eta(&store.stats().await?, per_sec);
+        bar.at(total.saturating_sub(left), lane.waiting, eta);
+        if left == 0 {
+            break;
+        }
+    }
+    bar.finish();
+    let waiting = store.lane_stats(Lane::Background).await?.waiting;
+    let dead = store
+        .stats()
+        .await?
+        .dead_letters
+        .saturating_sub(dead_before);
+    let delivered = total.saturating_sub(waiting + dead);
+    println!(
+        "done: {delivered} delivered, {waiting} waiting for a subscriber, {dead} dead letters"
+    );
+    if waiting > 0 {
+        println!("  waiting updates are retried until delivery.subscriber_wait, then become dead letters");
+    }
+    if dead > 0 {
+        println!("  see them with `prosperstack-relay dead-letters list`");
+    }
+    Ok(())
+}
+
+/// The drain's progress: a bar with the ETA on a terminal; elsewhere a plain line each tenth.
+struct DrainBar {
+    bar: Option<ProgressBar>,
+    total: u64,
+    printed_tenths: std::cell::Cell<u64>,
+}
+
+impl DrainBar {
+    fn new(total: u64) -> DrainBar {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = ProgressStyle::with_template(
+                "delivering [{bar:40.green/blue}] {pos}/{len} imported updates settled, {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            ProgressBar::new(total).with_style(style)
+        });
+        DrainBar {
+            bar,
+            total,
+            printed_tenths: std::cell::Cell::new(0),
+        }
+    }
+
+    fn at(&self, settled: u64, waiting: u64, eta: Option<Duration>) {
+        let eta = eta.map_or_else(
+            || "ETA now".to_owned(),
+            |d| {
+                format!(
+                    "ETA {}",
+                    humantime::format_duration(Duration::from_secs(d.as_secs()))
+                )
+            },
+        );
+        let message = format!("{waiting} waiting for a subscriber, {eta}");
+        if let Some(bar) = &self.bar {
+            bar.set_position(settled);
+            return bar.set_message(message);
+        }
+        let tenths = (settled * 10).checked_div(self.total).unwrap_or(10);
+        if tenths > self.printed_tenths.get() {
+            self.printed_tenths.set(tenths);
+            eprintln!(
+                "delivering: {settled}/{} imported updates settled, {message}",
+                self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
