@@ -56,6 +56,8 @@ pub struct LaneReport {
     pub imported_while_waiting: u64,
     /// Imported updates still queued when the live one landed: the backlog it overtook.
     pub overtaken: u64,
+    /// The coalescing delay every new job waits (scaled with the window).
+    pub coalesce_ms: f64,
     pub live_delay_ms: f64,
     /// The delay in request slots (window ÷ requests): how many requests' time it waited.
     pub live_delay_slots: f64,
@@ -78,7 +80,12 @@ pub async fn run(args: LaneArgs) -> Result<LaneReport, BenchError> {
     sb.sandbox.create_subscriber(live, "Live");
 
     let dir = temp_dir("lane", None)?;
-    let settings = relay_settings(&sb.url, dir.path(), (args.requests, window), &[])?;
+    // The coalescing delay holds every new job, live ones too, so that events for one
+    // subscriber go out together; it is scaled with the window like everything else (500 ms
+    // in ProsperStack's minute), else it alone would be 50 slots of a 1 s window.
+    let coalesce = Duration::from_millis(500).mul_f64(window.as_secs_f64() / 60.0);
+    let overrides = [format!("RELAY_COALESCE_DELAY={}ms", coalesce.as_millis())];
+    let settings = relay_settings(&sb.url, dir.path(), (args.requests, window), &overrides)?;
     let relay = RunningRelay::start(settings).await?;
     let queued = queue_import(dir.path(), &emails).await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
@@ -117,6 +124,7 @@ pub async fn run(args: LaneArgs) -> Result<LaneReport, BenchError> {
         imported_before,
         imported_while_waiting,
         overtaken: (queued as u64).saturating_sub(imported_at_landing),
+        coalesce_ms: coalesce.as_secs_f64() * 1000.0,
         live_delay_ms: delay.as_secs_f64() * 1000.0,
         live_delay_slots: delay.as_secs_f64() / slot,
         targets,
@@ -186,8 +194,8 @@ impl Report for LaneReport {
             self.subscribers, self.requests, self.window_secs, self.imported_before
         );
         println!(
-            "live update landed after {:.0} ms = {:.1} request slots; {} imported updates delivered meanwhile; {} overtaken",
-            self.live_delay_ms, self.live_delay_slots, self.imported_while_waiting, self.overtaken
+            "live update landed after {:.0} ms = {:.1} request slots (coalescing delay {:.0} ms); {} imported updates delivered meanwhile; {} overtaken",
+            self.live_delay_ms, self.live_delay_slots, self.coalesce_ms, self.imported_while_waiting, self.overtaken
         );
         println!();
         Target::print(&self.targets);
