@@ -120,7 +120,7 @@ fn ndjson_rows(text: &str) -> Vec<Row> {
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| Row {
             line: i + 1,
-            event: serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}")),
+            event: serde_json::from_str(line).map_err(|e| invalid_json(&e)),
         })
         .collect()
 }
@@ -134,9 +134,19 @@ fn array_rows(text: &str) -> Result<Vec<Row>, String> {
         .iter()
         .map(|raw| Row {
             line: line_of(text, raw.get()),
-            event: serde_json::from_str(raw.get()).map_err(|e| format!("invalid JSON: {e}")),
+            event: serde_json::from_str(raw.get()).map_err(|e| invalid_json(&e)),
         })
         .collect())
+}
+
+/// serde_json's message with the column, without its line (the report gives the file's line;
+/// serde_json's would count from the row).
+fn invalid_json(e: &serde_json::Error) -> String {
+    let mut message = e.to_string();
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    format!("invalid JSON at column {}: {message}", e.column())
 }
 
 /// The line at which `part`, a slice of `text`, starts.
