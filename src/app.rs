@@ -87,6 +87,37 @@ pub fn store_location(settings: &Settings) -> String {
         .unwrap_or_else(|| settings.data_dir.display().to_string())
 }
 
+/// The delivery worker alone, on a store this process owns: for `import`, which delivers what
+/// it queued when no relay runs. The same worker, client, budget, caches and lease as `serve`'s.
+pub fn deliverer(settings: &Settings, store: Arc<dyn Store>) -> Result<Deliverer, AppError> {
+    let parts = Parts::with_store(settings, store)?;
+    Ok(Deliverer {
+        delivery: Arc::new(delivery_for(settings, &parts)),
+        leader: leader_task(&parts),
+    })
+}
+
+/// A delivery worker with the leader task that gives it the lease.
+pub struct Deliverer {
+    delivery: Arc<Delivery>,
+    leader: Arc<LeaderTask>,
+}
+
+impl Deliverer {
+    /// Delivers while it holds the lease, until `stop`; then hands the lease back.
+    pub async fn run(self, stop: CancellationToken) {
+        let stop_leader = CancellationToken::new();
+        let leader_task = tokio::spawn({
+            let (leader, stop) = (self.leader.clone(), stop_leader.clone());
+            async move { leader.run(stop).await }
+        });
+        self.delivery.run(stop).await;
+        stop_leader.cancel();
+        let _ = leader_task.await;
+        self.leader.release().await;
+    }
+}
+
 /// The ProsperStack client, behind the one budget every upstream request passes.
 fn upstream_client(
     upstream: &ProsperStackSettings,
@@ -123,7 +154,10 @@ struct Parts {
 impl Parts {
     /// Everything that can fail at start-up, before any task is spawned.
     async fn build(settings: &Settings) -> Result<Parts, AppError> {
-        let store = open_store(settings).await?;
+        Parts::with_store(settings, open_store(settings).await?)
+    }
+
+    fn with_store(settings: &Settings, store: Arc<dyn Store>) -> Result<Parts, AppError> {
         let metrics = Arc::new(Metrics::new());
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
@@ -234,12 +268,7 @@ fn spawn_workers(
     stop: &CancellationToken,
 ) -> Workers {
     let delivery = Arc::new(delivery_for(settings, parts));
-    let leader = Arc::new(LeaderTask {
-        store: parts.store.clone(),
-        leadership: parts.leadership.clone(),
-        budget: parts.client.budget().clone(),
-        metrics: parts.metrics.clone(),
-    });
+    let leader = leader_task(parts);
     let stop_leader = CancellationToken::new();
     let leader_task = tokio::spawn({
         let (leader, stop) = (leader.clone(), stop_leader.clone());
@@ -266,6 +295,16 @@ fn spawn_workers(
         leader_task,
         stop_leader,
     }
+}
+
+/// The task that takes and keeps the delivery lease for `parts`' delivery worker.
+fn leader_task(parts: &Parts) -> Arc<LeaderTask> {
+    Arc::new(LeaderTask {
+        store: parts.store.clone(),
+        leadership: parts.leadership.clone(),
+        budget: parts.client.budget().clone(),
+        metrics: parts.metrics.clone(),
+    })
 }
 
 /// The relay's HTTP interface: ingest and health (metrics and status are merged in by [`run`]).

@@ -41,7 +41,7 @@ use crate::resolve::{Known, Resolution, Resolver};
 use crate::retry::{self, Backoff, Decision};
 use crate::status::Activity;
 use crate::store::{
-    DeadLetterCause, Job, JobOutcome, JobResult, Lease, RejectedProperty, Store, StoreError,
+    DeadLetterCause, Job, JobOutcome, JobResult, Lane, Lease, RejectedProperty, Store, StoreError,
 };
 
 /// Longest pause of the whole worker after a failed round, and its pause while the key is
@@ -269,12 +269,18 @@ impl Delivery {
             let Some(lease) = self.leadership.current() else {
                 break;
             };
-            let trouble = self.deliver_current(email, &catalogue, &lease).await?;
+            let (trouble, lane) = self.deliver_current(email, &catalogue, &lease).await?;
             handled += 1;
             if let Some(error) = trouble {
                 // ProsperStack itself is failing: the other jobs would fail the same way and
                 // spend the budget doing it. Stop the round and let the worker back off.
                 return Err(DeliveryError::Api(error));
+            }
+            // Imported history gives way: once a live job is due, the round ends after this
+            // job and the next one lists the live job first. A live change waits for at most
+            // one imported update, not for the rest of a batch.
+            if lane == Some(Lane::Background) && self.store.live_due(self.clock.wall_ms()).await? {
+                break;
             }
         }
         Ok(handled)
@@ -284,15 +290,15 @@ impl Delivery {
     /// minutes at 100 requests a minute, so the job is re-read: events queued since it was
     /// listed join its update instead of needing another. The result is recorded under the
     /// lease the job was sent under: if that tenure ended meanwhile, nothing is recorded and
-    /// the next leader sends the job again.
+    /// the next leader sends the job again. Also answers the job's lane.
     async fn deliver_current(
         &self,
         email: &str,
         catalogue: &Arc<Catalogue>,
         lease: &Lease,
-    ) -> Result<Option<ApiError>, StoreError> {
+    ) -> Result<(Option<ApiError>, Option<Lane>), StoreError> {
         let Some(job) = self.store.job(email).await? else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let (result, trouble) = self.deliver(&job, catalogue).await;
         let now = self.clock.wall_ms();
@@ -307,7 +313,7 @@ impl Delivery {
         if matches!(result.outcome, JobOutcome::Delivered { .. }) {
             self.activity.delivered(now);
         }
-        Ok(trouble)
+        Ok((trouble, Some(job.lane)))
     }
 
     /// One job: plan, resolve, send; never fails, every failure is an outcome.

@@ -400,7 +400,7 @@ async fn store_events(state: &IngestState, events: Vec<RawEvent>) -> Result<Answ
     for (index, (parsed, raw)) in events.into_iter().enumerate() {
         if let Some((event, meta)) = admit(state, &mut answer, index, parsed, received) {
             sent.push(meta);
-            incoming.push(Incoming { event, raw });
+            incoming.push(Incoming::live(event, raw));
         }
     }
     let outcomes = if incoming.is_empty() {

@@ -5,6 +5,8 @@
 //!   limit, the three body shapes; answers only after the store committed.
 //! - [`identify`]: one Segment event → a normalised update (email, flattened traits, Engage
 //!   computation, time), a delete request, or an ignored type.
+//! - [`import`]: files of history (Segment exports, CSVs) → Segment-shaped Identify events for
+//!   the store, in the background lane behind live events.
 //! - [`store`]: the durable queue (SQLite in WAL, or PostgreSQL shared by replicas; group
 //!   commit): dedupe by messageId,
 //!   `userId → email`, one job per email, applied timestamps, dead letters.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod delivery;
 pub mod health;
 pub mod identify;
+pub mod import;
 pub mod ingest;
 pub mod leader;
 pub mod mapping;

@@ -11,7 +11,8 @@
 //!   directory;
 //! - [`doctor`]: `doctor` checks a setup against the real API (at most 2 requests);
 //! - [`preview`]: `preview` shows how a payload would map, sending nothing;
-//! - [`status`]: `status` shows what a running relay is doing, from its store.
+//! - [`status`]: `status` shows what a running relay is doing, from its store;
+//! - [`import`]: `import` queues history from files (Segment exports, CSV) behind live events.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
@@ -23,6 +24,7 @@ mod check_config;
 mod dead_letters;
 mod doctor;
 mod health;
+mod import;
 mod preview;
 mod serve;
 mod status;
@@ -42,6 +44,7 @@ use crate::prosperstack::{ApiError, ApiKey, Client};
 
 pub use dead_letters::{DeadLetterCommand, DeadLettersArgs};
 pub use health::{default_health_url, HealthcheckArgs};
+pub use import::ImportArgs;
 pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
 pub use status::StatusArgs;
@@ -79,6 +82,9 @@ pub enum Command {
     Preview(PreviewArgs),
     /// What a running relay is doing: queue states, budget, ETA, upstream, dead letters.
     Status(StatusArgs),
+    /// Queue history from files (a Segment export as NDJSON or a JSON array, or a CSV with an
+    /// email column and one column per trait) behind live events, then follow its delivery.
+    Import(ImportArgs),
 }
 
 /// Runs the parsed command line.
@@ -92,6 +98,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Doctor => doctor::doctor(cli.config).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
         Command::Status(args) => status::status(cli.config, args).await,
+        Command::Import(args) => import::import(cli.config, args).await,
     }
 }
 

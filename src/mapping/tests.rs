@@ -64,6 +64,7 @@ fn job(events: Vec<QueuedEvent>, applied: &[(&str, i64)]) -> Job {
         attempts: 0,
         first_queued_ms: 0,
         waiting_since_ms: None,
+        lane: Default::default(),
         events,
         applied: applied
             .iter()

@@ -36,6 +36,7 @@ macro_rules! contract {
 }
 
 mod backends;
+mod lanes;
 mod lease;
 mod postgres_only;
 mod queue;

@@ -20,7 +20,10 @@
 //!   [`crate::identify::platform_id_key`] instead (kept as sent: platform IDs are
 //!   case-sensitive), so it is one job per subscriber too; without one it is `NoEmail`.
 //! - **Jobs.** Queued events are grouped per email: one job per email, holding every event not
-//!   yet delivered. A job is due at `next_attempt_ms`; delivery reads due jobs, then reports a
+//!   yet delivered. A job is due at `next_attempt_ms`; due jobs are listed live lane first
+//!   ([`Lane`]: a job is live while any of its events is), then by due time; a job whose live
+//!   events were delivered and whose imported ones remain goes back to the background lane.
+//!   Delivery reads due jobs, then reports a
 //!   [`JobResult`] that covers the events up to `up_to_event_id` (events that arrived meanwhile
 //!   stay queued and make the job due again).
 //! - **Removal.** Events leave the queue only through `finish`: delivered (their values are
@@ -91,6 +94,49 @@ pub struct Incoming {
     pub event: Event,
     /// The event's JSON as received, kept for dead letters and replay.
     pub raw: String,
+    /// Live from Segment, or imported history that waits behind live events.
+    pub lane: Lane,
+}
+
+impl Incoming {
+    /// An event as Segment sent it, in the live lane.
+    pub fn live(event: Event, raw: String) -> Incoming {
+        Incoming {
+            event,
+            raw,
+            lane: Lane::Live,
+        }
+    }
+}
+
+/// Which queue an event waits in. Due jobs are delivered live lane first, so a long backfill
+/// never holds back a change Segment just sent; a job holding any live event is live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Segment's events (and replayed dead letters): first.
+    #[default]
+    Live,
+    /// Imported history (`prosperstack-relay import`): when no live job is due.
+    Background,
+}
+
+impl Lane {
+    /// As stored: 0 live, 1 background (ascending order is delivery order).
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Lane::Live => 0,
+            Lane::Background => 1,
+        }
+    }
+
+    pub fn from_i64(n: i64) -> Lane {
+        if n == 0 {
+            Lane::Live
+        } else {
+            Lane::Background
+        }
+    }
 }
 
 /// What became of one incoming event.
@@ -129,6 +175,8 @@ pub struct Job {
     pub first_queued_ms: i64,
     /// When delivery first found no subscriber with this email.
     pub waiting_since_ms: Option<i64>,
+    /// Live while any of its events is.
+    pub lane: Lane,
     pub events: Vec<QueuedEvent>,
     /// Property key → timestamp of the value last delivered for this email.
     pub applied: HashMap<String, i64>,
@@ -248,6 +296,17 @@ impl QueueStats {
     }
 }
 
+/// The queued events of one lane by their job's state, for following an import.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Never attempted yet.
+    pub due: u64,
+    /// Found no subscriber yet.
+    pub waiting: u64,
+    /// Failed and retried with backoff.
+    pub retrying: u64,
+}
+
 /// One state's share of the queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateStats {
@@ -363,10 +422,16 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<Incoming>,
         now_ms: i64,
     ) -> Result<Vec<IngestOutcome>, StoreError>;
-    /// Jobs due at `now_ms`, oldest first, at most `limit`.
+    /// Jobs due at `now_ms`, live lane first, then oldest first, at most `limit`.
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
-    /// The emails of the jobs due at `now_ms`, oldest first, at most `limit`.
+    /// The emails of the jobs due at `now_ms`, live lane first, then oldest first, at most
+    /// `limit`.
     async fn due_emails(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether a live job is due at `now_ms`: delivery stops working through imported jobs
+    /// when one is.
+    async fn live_due(&self, now_ms: i64) -> Result<bool, StoreError>;
+    /// The queued events of `lane` by state.
+    async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, StoreError>;
     /// One email's job as it is now (events queued since it was listed included), if any.
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError>;
     /// When the next job falls due, if any is queued.

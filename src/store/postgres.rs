@@ -42,8 +42,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::codec::Encoded;
 use super::{
-    BudgetSnapshot, DeadLetter, Incoming, IngestOutcome, Job, JobResult, Lease, QueueStats,
-    SavedStatus, Store, StoreError, StoreOptions,
+    BudgetSnapshot, DeadLetter, Incoming, IngestOutcome, Job, JobResult, Lane, LaneStats, Lease,
+    QueueStats, SavedStatus, Store, StoreError, StoreOptions,
 };
 use crate::clock::millis;
 
@@ -280,6 +280,14 @@ impl Store for PostgresStore {
 
     async fn due_emails(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         snapshot!(self, |tx| read::due_emails(&tx, now_ms, limit).await?)
+    }
+
+    async fn live_due(&self, now_ms: i64) -> Result<bool, StoreError> {
+        snapshot!(self, |tx| read::live_due(&tx, now_ms).await?)
+    }
+
+    async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, StoreError> {
+        snapshot!(self, |tx| read::lane_stats(&tx, lane).await?)
     }
 
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError> {

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 use super::codec::{self, from_json, platform_id_key_of, to_json, Email, Encoded};
 use super::{
     BudgetSnapshot, DeadLetter, DeadLetterCause, Incoming, IngestOutcome, Job, JobOutcome,
-    JobResult, Lease, QueueStats, QueuedEvent, SavedStatus, StateStats, Store, StoreError,
-    StoreOptions,
+    JobResult, Lane, LaneStats, Lease, QueueStats, QueuedEvent, SavedStatus, StateStats, Store,
+    StoreError, StoreOptions,
 };
 use crate::clock::millis;
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
@@ -73,6 +73,22 @@ impl SqliteStore {
             });
         }
         Self::open_with(dir, StoreOptions::default(), false)
+    }
+
+    /// Opens the store as [`open`](Self::open) does when no relay holds the directory, else
+    /// beside the running relay as [`open_shared`](Self::open_shared) does; answers whether
+    /// this process owns the store (and so may deliver from it: no relay can start meanwhile).
+    pub fn open_or_share(
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<(SqliteStore, bool), StoreError> {
+        match Self::open_with(dir, options, true) {
+            Ok(store) => Ok((store, true)),
+            Err(StoreError::DataDir { reason, .. }) if reason == LOCK_HELD => {
+                Ok((Self::open_shared(dir)?, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `exclusive`: the relay itself, which holds the directory lock and may upgrade the schema.
@@ -148,14 +164,15 @@ impl SqliteStore {
     }
 }
 
+/// Why a data directory cannot be owned: another process owns it.
+const LOCK_HELD: &str = "another relay process is using it (relay.lock is held)";
+
 fn lock_dir(dir: &Path) -> Result<File, String> {
     let path: PathBuf = dir.join("relay.lock");
     let file = File::create(&path).map_err(|e| e.to_string())?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err("another relay process is using it (relay.lock is held)".into())
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(LOCK_HELD.into()),
         Err(std::fs::TryLockError::Error(e)) => Err(e.to_string()),
     }
 }
@@ -243,7 +260,7 @@ impl Store for SqliteStore {
         self.call(move |c, _| {
             let mut stmt = c.prepare_cached(
                 "SELECT email FROM jobs WHERE next_attempt_ms <= ?1
-                 ORDER BY next_attempt_ms, first_queued_ms LIMIT ?2",
+                 ORDER BY lane, next_attempt_ms, first_queued_ms LIMIT ?2",
             )?;
             let emails = stmt
                 .query_map(params![now_ms, limit as i64], |r| r.get(0))?
@@ -253,12 +270,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn live_due(&self, now_ms: i64) -> Result<bool, StoreError> {
+        self.call(move |c, _| {
+            let found: Option<i64> = c
+                .prepare_cached(
+                    "SELECT 1 FROM jobs WHERE lane = ?1 AND next_attempt_ms <= ?2 LIMIT 1",
+                )?
+                .query_row(params![Lane::Live.as_i64(), now_ms], |r| r.get(0))
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            lane_stats(&c, lane)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     async fn job(&self, email: &str) -> Result<Option<Job>, StoreError> {
         let email = email.to_owned();
         self.call(move |c, _| {
             let head = c
                 .prepare_cached(
-                    "SELECT email, attempts, first_queued_ms, waiting_since_ms FROM jobs WHERE email = ?1",
+                    "SELECT email, attempts, first_queued_ms, waiting_since_ms, lane FROM jobs
+                     WHERE email = ?1",
                 )?
                 .query_row([&email], job_head)
                 .optional()?;
@@ -468,6 +509,28 @@ fn queue_stats(c: &Connection, dir: &Path) -> Result<QueueStats, StoreError> {
     Ok(stats)
 }
 
+/// A lane's events by their job's state, in one pass over the lane's events.
+fn lane_stats(c: &Connection, lane: Lane) -> Result<LaneStats, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT CASE WHEN j.waiting_since_ms IS NOT NULL THEN ?1
+                     WHEN j.attempts > 0 THEN ?2 ELSE ?3 END AS state, COUNT(*)
+         FROM events e JOIN jobs j ON j.email = e.email WHERE e.lane = ?4 GROUP BY state",
+    )?;
+    let rows = stmt.query_map(
+        params![STATE_WAITING, STATE_RETRYING, STATE_DUE, lane.as_i64()],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
+    )?;
+    let mut stats = LaneStats::default();
+    for row in rows {
+        match row? {
+            (STATE_WAITING, n) => stats.waiting = n,
+            (STATE_RETRYING, n) => stats.retrying = n,
+            (_, n) => stats.due = n,
+        }
+    }
+    Ok(stats)
+}
+
 const STATE_DUE: i64 = 0;
 const STATE_WAITING: i64 = 1;
 const STATE_RETRYING: i64 = 2;
@@ -580,7 +643,13 @@ fn ingest_one(
                 return Ok(IngestOutcome::Duplicate);
             }
             let email = Email::sent_as(&sent);
-            enqueue(c, o, update, encoded, &email, &incoming.raw, now_ms)?;
+            let queued = Queued {
+                update,
+                encoded,
+                raw: &incoming.raw,
+                lane: incoming.lane,
+            };
+            enqueue(c, o, &queued, &email, now_ms)?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
                 c.prepare_cached(
                     "INSERT INTO user_emails (user_id, email, updated_ms) VALUES (?1, ?2, ?3)
@@ -608,19 +677,31 @@ fn ingest_one(
     }
 }
 
+/// One event on its way into the queue.
+struct Queued<'a> {
+    update: &'a IdentifyUpdate,
+    encoded: &'a Encoded,
+    raw: &'a str,
+    lane: Lane,
+}
+
 fn enqueue(
     c: &Connection,
     o: &StoreOptions,
-    update: &IdentifyUpdate,
-    encoded: &Encoded,
+    queued: &Queued<'_>,
     email: &Email<'_>,
-    raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    let Queued {
+        update,
+        encoded,
+        raw,
+        lane,
+    } = *queued;
     c.prepare_cached(
         "INSERT INTO events (message_id, email, sent_email, user_id, ts_ms, received_ms, traits,
-                             engage, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             engage, raw, lane)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         update.message_id,
@@ -631,14 +712,22 @@ fn enqueue(
         now_ms,
         encoded.traits,
         encoded.engage,
-        raw
+        raw,
+        lane.as_i64()
     ])?;
     let email = email.key.as_str();
-    // An existing job keeps its schedule: new events must not cut short a backoff.
+    // An existing job keeps its schedule: new events must not cut short a backoff. A live
+    // event makes the job live.
     c.prepare_cached(
-        "INSERT OR IGNORE INTO jobs (email, next_attempt_ms, first_queued_ms) VALUES (?1, ?2, ?3)",
+        "INSERT INTO jobs (email, next_attempt_ms, first_queued_ms, lane) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(email) DO UPDATE SET lane = MIN(jobs.lane, excluded.lane)",
     )?
-    .execute(params![email, now_ms + o.coalesce_ms, now_ms])?;
+    .execute(params![
+        email,
+        now_ms + o.coalesce_ms,
+        now_ms,
+        lane.as_i64()
+    ])?;
     Ok(())
 }
 
@@ -660,8 +749,8 @@ fn forget_user(c: &Connection, user_id: &str) -> Result<(), StoreError> {
 
 fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT email, attempts, first_queued_ms, waiting_since_ms FROM jobs
-         WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, first_queued_ms LIMIT ?2",
+        "SELECT email, attempts, first_queued_ms, waiting_since_ms, lane FROM jobs
+         WHERE next_attempt_ms <= ?1 ORDER BY lane, next_attempt_ms, first_queued_ms LIMIT ?2",
     )?;
     let heads = stmt
         .query_map(params![now_ms, limit as i64], job_head)?
@@ -669,15 +758,15 @@ fn due_jobs(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Job>, Store
     heads.into_iter().map(|h| load_job(c, h)).collect()
 }
 
-type JobHead = (String, u32, i64, Option<i64>);
+type JobHead = (String, u32, i64, Option<i64>, i64);
 
 fn job_head(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobHead> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 fn load_job(
     c: &Connection,
-    (email, attempts, first_queued_ms, waiting_since_ms): JobHead,
+    (email, attempts, first_queued_ms, waiting_since_ms, lane): JobHead,
 ) -> Result<Job, StoreError> {
     Ok(Job {
         events: queued_events(c, &email)?,
@@ -687,6 +776,7 @@ fn load_job(
         attempts,
         first_queued_ms,
         waiting_since_ms,
+        lane: Lane::from_i64(lane),
     })
 }
 
@@ -833,9 +923,13 @@ fn settle_job(
     if remaining == 0 {
         c.execute("DELETE FROM jobs WHERE email = ?1", [email])?;
     } else {
+        // The lane of what remains: imported events left behind a delivered live one wait
+        // in the background again.
         c.execute(
             "UPDATE jobs SET next_attempt_ms = ?2, attempts = 0, waiting_since_ms = NULL,
-             last_error = NULL WHERE email = ?1",
+             last_error = NULL,
+             lane = (SELECT MIN(lane) FROM events WHERE events.email = jobs.email)
+             WHERE email = ?1",
             params![email, now_ms + o.coalesce_ms],
         )?;
     }
@@ -885,7 +979,14 @@ fn requeue(
         // queued under the letter's key).
         let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
         let encoded = Encoded::of(&update)?;
-        enqueue(c, o, &update, &encoded, &email, &raw, now_ms)?;
+        // An operator's replay is wanted now: live, whatever lane the events came in.
+        let queued = Queued {
+            update: &update,
+            encoded: &encoded,
+            raw: &raw,
+            lane: Lane::Live,
+        };
+        enqueue(c, o, &queued, &email, now_ms)?;
     }
     // A job that was waiting keeps its place; a replay should be tried now.
     c.execute(

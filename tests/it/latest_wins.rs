@@ -110,10 +110,7 @@ async fn run(updates: &[Update], order: &[usize], cuts: &[bool], defer: &[bool])
             .iter()
             .map(|&i| {
                 let raw = event_json(i, &updates[i]);
-                Incoming {
-                    event: normalise(&raw, now).expect("valid event"),
-                    raw: raw.to_string(),
-                }
+                Incoming::live(normalise(&raw, now).expect("valid event"), raw.to_string())
             })
             .collect();
         let outcomes = store.ingest(incoming, now).await.expect("ingest");

@@ -6,6 +6,7 @@
 //! - [`reliability`]: latest wins, dedupe, waiting subscribers, outages, dead letters, deletion.
 //! - [`coalesce`] and [`efficiency`]: spending the budget well.
 //! - [`emails`]: one person whatever the case of their email.
+//! - [`import`]: history from files queued behind live events, followed to delivery.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`node_clients`]: the real `@segment/analytics-node` and `@rudderstack/rudder-sdk-node` send through the relay.
@@ -30,6 +31,7 @@ mod crash;
 mod doctor;
 mod efficiency;
 mod emails;
+mod import;
 mod latest_wins;
 mod node_clients;
 mod operations;
@@ -39,7 +41,7 @@ mod preview;
 mod quick_start;
 mod relay;
 mod reliability;
-mod tracking;
 mod replicas;
+mod tracking;
 mod update_verb;
 mod upgrade;

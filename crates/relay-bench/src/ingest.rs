@@ -140,7 +140,7 @@ async fn store_alone(
                             match prosperstack_relay::identify::normalise(&value, clock.wall_ms()) {
                                 Ok(event) => store
                                     .ingest(
-                                        vec![prosperstack_relay::store::Incoming { event, raw }],
+                                        vec![prosperstack_relay::store::Incoming::live(event, raw)],
                                         clock.wall_ms(),
                                     )
                                     .await

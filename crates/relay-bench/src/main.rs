@@ -14,7 +14,8 @@
 //! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
 //! workload), `ingest.rs` and `load.rs` (ingest throughput and latency), `memory.rs` (resident
 //! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs),
-//! `recorder.rs` (the sandbox's request log), `measure.rs` (targets, run info, thread figures),
+//! `recorder.rs` (the sandbox's request log), `import_lane.rs` (a live update's delay in the
+//! middle of an import), `measure.rs` (targets, run info, thread figures),
 //! `fuzz.rs` and `fuzz/` (generated hostile inputs through the relay's parsing, signature,
 //! normalisation and typing functions).
 
@@ -22,6 +23,7 @@ mod diagnosis;
 mod engage_sync;
 mod fuzz;
 mod harness;
+mod import_lane;
 mod ingest;
 mod load;
 mod measure;
@@ -37,6 +39,7 @@ use clap::{Parser, Subcommand};
 
 pub use engage_sync::EngageArgs;
 pub use fuzz::FuzzArgs;
+pub use import_lane::LaneArgs;
 pub use ingest::IngestArgs;
 pub use memory::MemoryArgs;
 pub use walk_cost::WalkArgs;
@@ -72,6 +75,8 @@ pub enum Benchmark {
     /// Requests spent finding subscribers for a burst of distinct emails, against the better
     /// of looking each up and paging the directory, across account sizes.
     WalkCost(WalkArgs),
+    /// How long a live Identify waits when posted in the middle of a large import's delivery.
+    ImportLane(LaneArgs),
 }
 
 #[tokio::main]
@@ -91,6 +96,7 @@ async fn run(args: BenchArgs) -> ExitCode {
         Benchmark::Ingest(a) => ingest::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Memory(a) => memory::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::WalkCost(a) => walk_cost::run(a).await.map(|r| emit(&r, args.json)),
+        Benchmark::ImportLane(a) => import_lane::run(a).await.map(|r| emit(&r, args.json)),
         // CPU-bound and synchronous: it runs on this thread, nothing else is scheduled meanwhile.
         Benchmark::Fuzz(a) => fuzz::run(a).map(|r| {
             emit(&r, args.json);

@@ -56,10 +56,10 @@ pub fn delete(message_id: &str, user: &str) -> Incoming {
 
 /// An event as ingest hands it over: normalised, with the JSON as received.
 pub fn incoming(v: &Value) -> Incoming {
-    Incoming {
-        event: identify::normalise(v, 0).expect("a valid event"),
-        raw: v.to_string(),
-    }
+    Incoming::live(
+        identify::normalise(v, 0).expect("a valid event"),
+        v.to_string(),
+    )
 }
 
 /// Delivered, with these applied timestamps and nothing refused.

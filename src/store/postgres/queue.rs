@@ -21,7 +21,7 @@ use super::{exec, one, rows, text};
 use crate::identify::{self, Event, IdentifyUpdate};
 use crate::store::codec::{self, platform_id_key_of, Email, Encoded};
 use crate::store::{
-    DeadLetter, DeadLetterCause, Incoming, IngestOutcome, JobOutcome, JobResult, StoreError,
+    DeadLetter, DeadLetterCause, Incoming, IngestOutcome, JobOutcome, JobResult, Lane, StoreError,
     StoreOptions,
 };
 
@@ -67,7 +67,13 @@ async fn ingest_one(
                 return Ok(IngestOutcome::Duplicate);
             }
             let email = Email::sent_as(&sent);
-            enqueue(tx, o, update, encoded, &email, &incoming.raw, now_ms).await?;
+            let queued = Queued {
+                update,
+                encoded,
+                raw: &incoming.raw,
+                lane: incoming.lane,
+            };
+            enqueue(tx, o, &queued, &email, now_ms).await?;
             if let (Some(e), Some(user)) = (&update.email, &update.user_id) {
                 exec(
                     tx,
@@ -128,30 +134,43 @@ async fn remembered_email(
 
 /// Queues one event. The email's lock comes first: held to COMMIT, it is what keeps this
 /// email's ids in commit order (see the module's opening).
+/// One event on its way into the queue.
+struct Queued<'a> {
+    update: &'a IdentifyUpdate,
+    encoded: &'a Encoded,
+    raw: &'a str,
+    lane: Lane,
+}
+
 async fn enqueue(
     tx: &Transaction<'_>,
     o: &StoreOptions,
-    update: &IdentifyUpdate,
-    encoded: &Encoded,
+    queued: &Queued<'_>,
     email: &Email<'_>,
-    raw: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    let Queued {
+        update,
+        encoded,
+        raw,
+        lane,
+    } = *queued;
     let (email, spelling) = (text(&email.key), email.spelling.map(text));
     lock_emails(tx, std::slice::from_ref(&email)).await?;
-    // An existing job keeps its schedule: new events must not cut short a backoff.
+    // An existing job keeps its schedule: new events must not cut short a backoff. A live
+    // event makes the job live.
     exec(
         tx,
-        "INSERT INTO jobs (email, next_attempt_ms, first_queued_ms) VALUES ($1, $2, $3)
-         ON CONFLICT (email) DO NOTHING",
-        &[&email, &(now_ms + o.coalesce_ms), &now_ms],
+        "INSERT INTO jobs (email, next_attempt_ms, first_queued_ms, lane) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (email) DO UPDATE SET lane = LEAST(jobs.lane, excluded.lane)",
+        &[&email, &(now_ms + o.coalesce_ms), &now_ms, &lane.as_i64()],
     )
     .await?;
     exec(
         tx,
         "INSERT INTO events (message_id, email, sent_email, user_id, ts_ms, received_ms, traits,
-                             engage, raw)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                             engage, raw, lane)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &text(&update.message_id),
             &email,
@@ -162,6 +181,7 @@ async fn enqueue(
             &encoded.traits,
             &encoded.engage,
             &text(raw),
+            &lane.as_i64(),
         ],
     )
     .await?;
@@ -353,8 +373,12 @@ async fn settle_job(
     if drop_job_if_empty(tx, email).await? {
         exec(
             tx,
+            // The lane of what remains: imported events left behind a delivered live one
+            // wait in the background again.
             "UPDATE jobs SET next_attempt_ms = $2, attempts = 0, waiting_since_ms = NULL,
-             last_error = NULL WHERE email = $1",
+             last_error = NULL,
+             lane = (SELECT MIN(lane) FROM events WHERE events.email = jobs.email)
+             WHERE email = $1",
             &[&email, &(now_ms + o.coalesce_ms)],
         )
         .await?;
@@ -435,7 +459,14 @@ pub(super) async fn replay_dead_letters(
             // queued under the letter's key).
             let email = Email::sent_as(update.email.as_deref().unwrap_or(&letter.email));
             let encoded = Encoded::of(&update)?;
-            enqueue(tx, o, &update, &encoded, &email, &raw, now_ms).await?;
+            // An operator's replay is wanted now: live, whatever lane the events came in.
+            let queued = Queued {
+                update: &update,
+                encoded: &encoded,
+                raw: &raw,
+                lane: Lane::Live,
+            };
+            enqueue(tx, o, &queued, &email, now_ms).await?;
         }
         // A job that was waiting keeps its place; a replay should be tried now.
         exec(

@@ -11,11 +11,14 @@ use deadpool_postgres::Transaction;
 use super::{one, rows, text};
 use crate::identify::Engage;
 use crate::store::codec::from_json;
-use crate::store::{DeadLetter, Job, QueueStats, QueuedEvent, StateStats, StoreError};
+use crate::store::{
+    DeadLetter, Job, Lane, LaneStats, QueueStats, QueuedEvent, StateStats, StoreError,
+};
 
-/// The order jobs fall due in; the email breaks ties so every replica lists them alike.
+/// The order jobs fall due in, live lane first; the email breaks ties so every replica lists
+/// them alike.
 const DUE: &str = "FROM jobs WHERE next_attempt_ms <= $1
-     ORDER BY next_attempt_ms, first_queued_ms, email LIMIT $2";
+     ORDER BY lane, next_attempt_ms, first_queued_ms, email LIMIT $2";
 
 pub(super) async fn due_emails(
     tx: &Transaction<'_>,
@@ -38,7 +41,7 @@ pub(super) async fn due_jobs(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let heads = rows(
         tx,
-        &format!("SELECT email, attempts, first_queued_ms, waiting_since_ms {DUE}"),
+        &format!("SELECT email, attempts, first_queued_ms, waiting_since_ms, lane {DUE}"),
         &[&now_ms, &limit],
     )
     .await?;
@@ -52,7 +55,8 @@ pub(super) async fn due_jobs(
 pub(super) async fn job(tx: &Transaction<'_>, email: &str) -> Result<Option<Job>, StoreError> {
     let head = rows(
         tx,
-        "SELECT email, attempts, first_queued_ms, waiting_since_ms FROM jobs WHERE email = $1",
+        "SELECT email, attempts, first_queued_ms, waiting_since_ms, lane FROM jobs
+         WHERE email = $1",
         &[&text(email)],
     )
     .await?;
@@ -62,7 +66,7 @@ pub(super) async fn job(tx: &Transaction<'_>, email: &str) -> Result<Option<Job>
     }
 }
 
-/// A job from its head row (email, attempts, first_queued_ms, waiting_since_ms).
+/// A job from its head row (email, attempts, first_queued_ms, waiting_since_ms, lane).
 async fn load_job(tx: &Transaction<'_>, head: &tokio_postgres::Row) -> Result<Job, StoreError> {
     let email: String = head.try_get(0)?;
     let attempts: i64 = head.try_get(1)?;
@@ -74,6 +78,7 @@ async fn load_job(tx: &Transaction<'_>, head: &tokio_postgres::Row) -> Result<Jo
             .map_err(|_| StoreError::Corrupt(format!("{attempts} attempts")))?,
         first_queued_ms: head.try_get(2)?,
         waiting_since_ms: head.try_get(3)?,
+        lane: Lane::from_i64(head.try_get(4)?),
         email,
     })
 }
@@ -126,6 +131,39 @@ async fn applied(tx: &Transaction<'_>, email: &str) -> Result<HashMap<String, i6
     .iter()
     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
     .collect()
+}
+
+pub(super) async fn live_due(tx: &Transaction<'_>, now_ms: i64) -> Result<bool, StoreError> {
+    let found = rows(
+        tx,
+        "SELECT 1 FROM jobs WHERE lane = $1 AND next_attempt_ms <= $2 LIMIT 1",
+        &[&Lane::Live.as_i64(), &now_ms],
+    )
+    .await?;
+    Ok(!found.is_empty())
+}
+
+/// A lane's events by their job's state, as SQLite counts them.
+pub(super) async fn lane_stats(tx: &Transaction<'_>, lane: Lane) -> Result<LaneStats, StoreError> {
+    let found = rows(
+        tx,
+        "SELECT CASE WHEN j.waiting_since_ms IS NOT NULL THEN 'waiting'
+                     WHEN j.attempts > 0 THEN 'retrying' ELSE 'due' END AS state, COUNT(*)
+         FROM events e JOIN jobs j ON j.email = e.email WHERE e.lane = $1 GROUP BY state",
+        &[&lane.as_i64()],
+    )
+    .await?;
+    let mut stats = LaneStats::default();
+    for r in &found {
+        let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        let n = u64::try_from(n).unwrap_or(0);
+        match state.as_str() {
+            "waiting" => stats.waiting = n,
+            "retrying" => stats.retrying = n,
+            _ => stats.due = n,
+        }
+    }
+    Ok(stats)
 }
 
 pub(super) async fn next_due_ms(tx: &Transaction<'_>) -> Result<Option<i64>, StoreError> {

@@ -28,11 +28,26 @@ const LOCATION_SETTING: &str = "RELAY_DATABASE_URL";
 const LOCK_CLASS: i32 = 0x7265_6c61;
 
 /// Every step, in order. A released step is never edited: a change is a new step.
-pub(in crate::store) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "queue, dedupe ids, remembered emails, applied values, dead letters, status, lease",
-    sql: V1,
-}];
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "queue, dedupe ids, remembered emails, applied values, dead letters, status, lease",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "lanes: imported events wait behind live ones",
+        sql: V2,
+    },
+];
+
+/// SQLite's step 4: each event and job records its lane (0 live, 1 background); everything
+/// queued before was live. Due jobs are listed by lane, then due time.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lane BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX jobs_lane_due ON jobs (lane, next_attempt_ms);
+";
 
 /// SQLite's schema at its version 3, in one step. Times are milliseconds since the Unix epoch in
 /// `bigint`, as in SQLite, except the lease's, which the server's own clock writes and reads

@@ -37,6 +37,11 @@ pub(in crate::store) const MIGRATIONS: &[Migration] = &[
         name: "delivery lease and the budget handed over with it",
         sql: V3,
     },
+    Migration {
+        version: 4,
+        name: "lanes: imported events wait behind live ones",
+        sql: V4,
+    },
 ];
 
 /// The schema as it was before versions were recorded. Stores written then are at version 0
@@ -156,6 +161,14 @@ CREATE TABLE lease (
     budget_remaining INTEGER,
     budget_reset_ms INTEGER
 );
+";
+
+/// Each event and job records its lane (`Lane::as_i64`: 0 live, 1 background); everything
+/// queued before was live. Due jobs are listed by lane, then due time.
+const V4: &str = "
+ALTER TABLE events ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_lane_due ON jobs(lane, next_attempt_ms);
 ";
 
 /// The version recorded in the store (0 for a new file or one written before versions).

@@ -16,10 +16,10 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
 fn identify(message_id: &str, email: &str) -> Incoming {
     let v = json!({"type": "identify", "messageId": message_id, "userId": "u1",
                    "traits": {"plan": "pro", "email": email}});
-    Incoming {
-        event: crate::identify::normalise(&v, 0).expect("valid"),
-        raw: v.to_string(),
-    }
+    Incoming::live(
+        crate::identify::normalise(&v, 0).expect("valid"),
+        v.to_string(),
+    )
 }
 
 /// A second store on the same directory is refused while the first is open.

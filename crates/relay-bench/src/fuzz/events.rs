@@ -356,6 +356,7 @@ fn check_plan(input: &IdentifyInput, u: &IdentifyUpdate, lab: &Lab) -> Result<us
         attempts: 0,
         first_queued_ms: u.timestamp_ms,
         waiting_since_ms: None,
+        lane: Default::default(),
         events: vec![QueuedEvent {
             id: 1,
             message_id: u.message_id.clone(),

@@ -43,10 +43,10 @@ fn store_at_version(dir: &Path, v: u32) {
 fn identify(message_id: &str, user_id: &str, traits: Value) -> Incoming {
     let v = json!({"type": "identify", "messageId": message_id, "userId": user_id,
                    "timestamp": "2024-07-01T00:00:00Z", "traits": traits});
-    Incoming {
-        event: identify::normalise(&v, 0).expect("a valid identify"),
-        raw: v.to_string(),
-    }
+    Incoming::live(
+        identify::normalise(&v, 0).expect("a valid identify"),
+        v.to_string(),
+    )
 }
 
 fn open(dir: &Path) -> SqliteStore {
