@@ -194,8 +194,10 @@ fn message_id(obj: &Map<String, Value>, received_ms: i64) -> String {
 
 fn email_from(traits: &Map<String, Value>) -> Option<String> {
     let email = traits.get("email")?.as_str()?.trim();
-    // No email starts so; one that does would pass for a platform ID's queue key.
-    let usable = !email.is_empty() && !email.starts_with(PLATFORM_ID_KEY);
+    // Without an @ it cannot name a subscriber: queued, it would only wait a day for one that
+    // never comes, then be dead-lettered. No email starts with the platform-ID prefix; one
+    // that does would pass for a platform ID's queue key.
+    let usable = email.contains('@') && !email.starts_with(PLATFORM_ID_KEY);
     usable.then(|| email.to_owned())
 }
 
@@ -318,6 +320,14 @@ mod tests {
     }
 
     /// Email falls back to `context.traits.email`.
+    #[test]
+    fn a_value_without_an_at_is_no_email() {
+        let v = json!({"type":"identify","userId":"u","traits":{"email":"n/a"},"context":{"traits":{"email":"a@b.c"}}});
+        assert_eq!(identify_of(&v).email.as_deref(), Some("a@b.c"));
+        let v = json!({"type":"identify","userId":"u","traits":{"email":"bad-row-no-email"}});
+        assert_eq!(identify_of(&v).email, None);
+    }
+
     #[test]
     fn email_from_context_traits() {
         let v = json!({"type":"identify","userId":"u","traits":{},"context":{"traits":{"email":" a@b.c "}}});

@@ -406,7 +406,7 @@ async fn queue_chunk(
             IngestOutcome::NoEmail => tally.rejected.push(Refused {
                 line,
                 reason:
-                    "no email (traits.email or context.traits.email), and none known for its userId"
+                    "no email address (with an @) in traits.email or context.traits.email, and none known for its userId"
                         .into(),
             }),
             IngestOutcome::Ignored => tally.skipped.push(Refused {

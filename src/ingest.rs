@@ -495,7 +495,7 @@ fn tally(state: &IngestState, answer: &mut Answer, event: Sent, outcome: IngestO
             "ignored"
         }
         IngestOutcome::NoEmail => {
-            let why = "an Identify needs traits.email or context.traits.email, and no email is known for its userId (nor a platform ID, when mapping.platform_id_trait is set)";
+            let why = "an Identify needs an email address (with an @) in traits.email or context.traits.email, and none is known for its userId (nor a platform ID, when mapping.platform_id_trait is set)";
             let (index, message_id) = (event.index, event.message_id);
             reject(
                 state,
