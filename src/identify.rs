@@ -72,7 +72,7 @@ impl Event {
 pub enum EventError {
     #[error("an event must be a JSON object")]
     NotAnObject,
-    #[error("the event has no \"type\"")]
+    #[error("the event's \"type\" must be a non-empty string")]
     MissingType,
     #[error("{0}")]
     Invalid(String),
@@ -94,6 +94,8 @@ pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {
     let event_type = obj
         .get("type")
         .and_then(Value::as_str)
+        // A blank type names nothing Segment sends: refused, not ignored as an unknown type.
+        .filter(|t| !t.trim().is_empty())
         .ok_or(EventError::MissingType)?
         .to_ascii_lowercase();
     match event_type.as_str() {
@@ -375,6 +377,14 @@ mod tests {
     fn invalid_shapes() {
         assert_eq!(normalise(&json!([1]), 0), Err(EventError::NotAnObject));
         assert_eq!(normalise(&json!({"a":1}), 0), Err(EventError::MissingType));
+        for blank in [json!(""), json!("  "), json!(5), json!(null)] {
+            let event = json!({"type": blank, "userId": "u"});
+            assert_eq!(
+                normalise(&event, 0),
+                Err(EventError::MissingType),
+                "{blank}"
+            );
+        }
         assert!(normalise(&json!({"type":"identify","traits":{}}), 0).is_err());
         assert!(normalise(&json!({"type":"identify","userId":"u","traits":[1]}), 0).is_err());
     }

@@ -128,10 +128,11 @@ pub fn check_normalise(
         )?;
         return Ok(("not an object", None));
     };
-    let Some(kind) = obj.get("type").and_then(Value::as_str) else {
+    let kind = obj.get("type").and_then(Value::as_str);
+    let Some(kind) = kind.filter(|k| !k.trim().is_empty()) else {
         ensure(
             out == Err(EventError::MissingType),
-            "normalise: no string type, no event",
+            "normalise: no non-blank string type, no event",
             || format!("{out:?}"),
         )?;
         return Ok(("no type", None));
