@@ -34,8 +34,9 @@ pub struct IdentifyUpdate {
     pub anonymous_id: Option<String>,
     /// `traits.email`, else `context.traits.email`, trimmed; `None` when neither is a string.
     pub email: Option<String>,
-    /// Milliseconds since the epoch: `timestamp`, else `originalTimestamp`, else `receivedAt`,
-    /// else the time the relay received it.
+    /// Milliseconds since the epoch: `timestamp`, else `receivedAt`, else `sentAt`, else the
+    /// time the relay received it; held to at most the arrival plus the tolerated clock skew by
+    /// [`clamp_time`] before it is stored.
     pub timestamp_ms: i64,
     /// Traits flattened one level (`traits.traits` merged in, inner winning), `email` removed.
     pub traits: Map<String, Value>,
@@ -205,11 +206,24 @@ fn flatten(mut traits: Map<String, Value>) -> Map<String, Value> {
     traits
 }
 
+/// Segment's `timestamp` (already corrected for the device's clock), else the times Segment and
+/// the library stamped; `originalTimestamp` is the device's own clock, the one most often wrong.
 fn event_time(obj: &Map<String, Value>) -> Option<i64> {
-    ["timestamp", "originalTimestamp", "receivedAt"]
+    ["timestamp", "receivedAt", "sentAt"]
         .iter()
         .filter_map(|k| obj.get(*k)?.as_str())
         .find_map(parse_time)
+}
+
+/// Holds an update's time to at most `latest_ms` (its arrival plus the tolerated clock skew),
+/// so one client with a wrong clock cannot pin a property for ever: latest-wins would believe a
+/// time in 2038 over every later event. Answers the time the event claimed when it was held.
+pub fn clamp_time(update: &mut IdentifyUpdate, latest_ms: i64) -> Option<i64> {
+    let claimed = update.timestamp_ms;
+    (claimed > latest_ms).then(|| {
+        update.timestamp_ms = latest_ms;
+        claimed
+    })
 }
 
 /// RFC 3339 time in milliseconds; Segment's own docs show malformed times, which fall through.
@@ -389,12 +403,18 @@ mod tests {
         assert!(normalise(&json!({"type":"identify","userId":"u","traits":[1]}), 0).is_err());
     }
 
-    /// A malformed timestamp falls back to the next field, then to the receive time.
+    /// A malformed timestamp falls back to `receivedAt`, then `sentAt`, then to the receive
+    /// time; the device's `originalTimestamp` is never believed.
     #[test]
     fn time_fallbacks() {
         let v = json!({"type":"identify","userId":"u","timestamp":"2015-2-02T00:30:08.276Z",
-                       "originalTimestamp":"2024-01-01T00:00:00Z"});
+                       "originalTimestamp":"2030-01-01T00:00:00Z",
+                       "sentAt":"2024-01-01T00:00:01Z",
+                       "receivedAt":"2024-01-01T00:00:00Z"});
         assert_eq!(identify_of(&v).timestamp_ms, 1_704_067_200_000);
+        let v = json!({"type":"identify","userId":"u","originalTimestamp":"2030-01-01T00:00:00Z",
+                       "sentAt":"2024-01-01T00:00:01Z"});
+        assert_eq!(identify_of(&v).timestamp_ms, 1_704_067_201_000);
         let v = json!({"type":"identify","userId":"u"});
         assert_eq!(
             match normalise(&v, 42) {
@@ -403,5 +423,16 @@ mod tests {
             },
             42
         );
+    }
+
+    /// A time past the limit is held to it, and the claim is reported; an earlier one is kept.
+    #[test]
+    fn clamp_holds_future_times() {
+        let v = json!({"type":"identify","userId":"u","timestamp":"2038-01-19T03:14:08Z"});
+        let mut update = identify_of(&v);
+        assert_eq!(clamp_time(&mut update, 1_000), Some(2_147_483_648_000));
+        assert_eq!(update.timestamp_ms, 1_000);
+        assert_eq!(clamp_time(&mut update, 5_000), None);
+        assert_eq!(update.timestamp_ms, 1_000);
     }
 }

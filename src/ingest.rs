@@ -18,6 +18,7 @@
 //! Configured by [`SegmentSettings`], the `[segment]` section.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -52,6 +53,10 @@ pub struct SegmentSettings {
     pub ingest_token: Option<Secret>,
     /// Larger bodies are answered 413.
     pub max_body_bytes: usize,
+    /// How far past its arrival an event's time is believed for latest-wins; later times are
+    /// held to the arrival plus this.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for SegmentSettings {
@@ -60,6 +65,7 @@ impl Default for SegmentSettings {
             shared_secret: None,
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
+            max_clock_skew: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -428,7 +434,7 @@ fn admit(
         .get("messageId")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    match identify::normalise(&value, received) {
+    match identify::normalise(&value, received).map(|event| hold_time(state, event, received)) {
         Ok(identify::Event::Ignored { event_type }) => {
             answer.ignored += 1;
             state.metrics.event_received(&event_type, "ignored");
@@ -456,6 +462,23 @@ fn admit(
             None
         }
     }
+}
+
+/// Holds an Identify's time to its arrival plus the tolerated skew (see [`identify::clamp_time`]),
+/// counting and logging each one held (times only: the event may carry an email).
+fn hold_time(state: &IngestState, mut event: identify::Event, received: i64) -> identify::Event {
+    if let identify::Event::Identify(update) = &mut event {
+        let latest = received.saturating_add(crate::clock::millis(state.settings.max_clock_skew));
+        if let Some(claimed_ms) = identify::clamp_time(update, latest) {
+            state.metrics.timestamp_clamped();
+            tracing::debug!(
+                claimed_ms,
+                held_to_ms = latest,
+                "an event's time is past its arrival plus max_clock_skew; held to that"
+            );
+        }
+    }
+    event
 }
 
 /// Counts what the store made of one event in the answer and the metrics.

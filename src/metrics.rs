@@ -63,6 +63,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     events_received: Family<EventLabels, Counter>,
     events_rejected: Family<ReasonLabels, Counter>,
+    timestamps_clamped: Counter,
     queue_depth: Gauge,
     queue_subscribers: Gauge,
     oldest_queued_age: Gauge<f64, AtomicU64>,
@@ -101,6 +102,7 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             events_received: Family::default(),
             events_rejected: Family::default(),
+            timestamps_clamped: Counter::default(),
             queue_depth: Gauge::default(),
             queue_subscribers: Gauge::default(),
             oldest_queued_age: Gauge::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "events_rejected",
             "Segment events rejected, by reason",
             self.events_rejected.clone(),
+        );
+        r.register(
+            "timestamps_clamped",
+            "Identify events whose time was past their arrival plus max_clock_skew, held to that",
+            self.timestamps_clamped.clone(),
         );
         r.register(
             "queue_depth",
@@ -296,6 +303,10 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    pub fn timestamp_clamped(&self) {
+        self.timestamps_clamped.inc();
     }
 
     pub fn event_rejected(&self, reason: &'static str) {

@@ -63,6 +63,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.shared_secret", "SEGMENT_SHARED_SECRET", Secret),
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
+    row("segment.max_clock_skew", "RELAY_MAX_CLOCK_SKEW", Duration),
     row("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH", Bool),
     row(
         "mapping.create_audience_properties",

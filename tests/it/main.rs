@@ -6,6 +6,7 @@
 //! - [`reliability`]: latest wins, dedupe, waiting subscribers, outages, dead letters, deletion.
 //! - [`coalesce`] and [`efficiency`]: spending the budget well.
 //! - [`emails`]: one person whatever the case of their email.
+//! - [`hostile`]: wrong clocks, slow connections, full disks and big bodies.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`operations`]: health checks, drain, metrics, secrets, logs, configuration errors.
@@ -25,6 +26,7 @@ mod crash;
 mod doctor;
 mod efficiency;
 mod emails;
+mod hostile;
 mod latest_wins;
 mod operations;
 mod operators;

@@ -313,7 +313,7 @@ fn check_update(
             )
         },
     )?;
-    let any_time = ["timestamp", "originalTimestamp", "receivedAt"]
+    let any_time = ["timestamp", "receivedAt", "sentAt"]
         .iter()
         .any(|k| obj.get(*k).is_some_and(Value::is_string));
     ensure(
