@@ -104,6 +104,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub prosperstack: ProsperStackSettings,
     pub segment: SegmentSettings,
+    pub http: crate::server::HttpSettings,
     pub mapping: MappingSettings,
     pub delivery: DeliverySettings,
     /// Trait name → property key (`[trait_mappings]`, file only).
@@ -119,6 +120,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             prosperstack: ProsperStackSettings::default(),
             segment: SegmentSettings::default(),
+            http: crate::server::HttpSettings::default(),
             mapping: MappingSettings::default(),
             delivery: DeliverySettings::default(),
             trait_mappings: BTreeMap::new(),
@@ -161,6 +163,7 @@ impl Settings {
         self.check_listeners()?;
         self.prosperstack.check()?;
         self.segment.check()?;
+        self.http.check()?;
         self.delivery.check()?;
         crate::mapping::check_trait_mappings(&self.trait_mappings)
     }

@@ -16,7 +16,7 @@
 //! - [`prosperstack`]: the ProsperStack API client (HTTP and the API's types only).
 //!
 //! Around it: [`config`] (one typed settings tree from file and environment; each stage owns
-//! its section), [`app`] (wiring, run, drain),
+//! its section), [`app`] (wiring, run, drain), [`server`] (connections within limits),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! and [`cli`] (subcommands).
 //!
@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod prosperstack;
 pub mod resolve;
 pub mod retry;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod telemetry;

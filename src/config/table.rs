@@ -64,6 +64,12 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
     row("segment.max_clock_skew", "RELAY_MAX_CLOCK_SKEW", Duration),
+    row(
+        "http.header_read_timeout",
+        "RELAY_HEADER_READ_TIMEOUT",
+        Duration,
+    ),
+    row("http.max_connections", "RELAY_MAX_CONNECTIONS", Count),
     row("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH", Bool),
     row(
         "mapping.create_audience_properties",

@@ -1,8 +1,15 @@
 //! Hostile time and space: clients whose clocks, connections, bodies or disks misbehave.
 //!
-//! - a time from the future is held to the arrival plus `max_clock_skew`, so a later event lands.
+//! - a time from the future is held to the arrival plus `max_clock_skew`, so a later event lands;
+//! - slow headers and idle kept-alive connections are closed by the header read timeout, and at
+//!   most `max_connections` are served at once, while a normal POST is still answered.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::common::*;
 use prosperstack_relay::clock::{Clock, TokioClock};
@@ -43,4 +50,112 @@ async fn a_time_from_the_future_cannot_pin_a_value() {
         property(&sb.sandbox, email, "plan")
     );
     assert_eq!(relay.metric("relay_timestamps_clamped_total").await, 1);
+}
+
+/// Far past any limit the relay sets: a connection still open by then was never cut off.
+const FOREVER: Duration = Duration::from_secs(600);
+
+/// A connection that starts a request and then sends one header line a second, never ending
+/// its headers; answers how long the relay kept it open (`None`: still open after [`FOREVER`]).
+async fn slow_headers(address: String, closed: Arc<AtomicUsize>) -> Option<Duration> {
+    let stream = TcpStream::connect(&address).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = tokio::time::Instant::now();
+    let drip = tokio::spawn(async move {
+        let mut line = 0;
+        let mut next = b"POST /v1/segment HTTP/1.1\r\nHost: relay\r\n".to_vec();
+        while writer.write_all(&next).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            line += 1;
+            next = format!("X-Slow-{line}: still typing\r\n").into_bytes();
+        }
+    });
+    let mut answer = Vec::new();
+    let open_for = tokio::time::timeout(FOREVER, reader.read_to_end(&mut answer))
+        .await
+        .ok()
+        .map(|_| started.elapsed());
+    drip.abort();
+    closed.fetch_add(usize::from(open_for.is_some()), Ordering::SeqCst);
+    open_for
+}
+
+fn address(relay: &TestRelay) -> String {
+    relay.url.trim_start_matches("http://").to_owned()
+}
+
+/// The probe that found it: a connection sending one header line a second stayed open for 75 s
+/// and more, and enough of them exhaust file descriptors. Now each is closed by the header read
+/// timeout, and a normal POST sent while they drip is answered.
+#[tokio::test(start_paused = true)]
+async fn slow_headers_are_cut_off_and_a_normal_post_still_answers() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let slow: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(slow_headers(address(&relay), closed.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let event = identify(
+        "m-fast",
+        "john.doe@example.com",
+        json!({"plan": "fast"}),
+        &event_time(0),
+    );
+    let (status, answer) = relay.post_json(&event).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut open_for = Vec::new();
+    for connection in slow {
+        open_for.push(connection.await.expect("slow client"));
+    }
+    println!("slow-header connections kept open for {open_for:?} (simulated time)");
+    assert!(open_for.iter().all(Option::is_some), "{open_for:?}");
+    assert_eq!(relay.get("/healthz").await.0, 200);
+}
+
+/// A kept-alive connection that sends nothing after its answer is closed too: the header read
+/// timer starts again as soon as the relay waits for the next request.
+#[tokio::test(start_paused = true)]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let mut stream = TcpStream::connect(address(&relay)).await.expect("connect");
+    let request = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n";
+    stream.write_all(request).await.expect("request");
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).await.expect("answer");
+    let head = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(FOREVER, stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle connection was kept open");
+}
+
+/// With every connection slot held by slow clients, a new connection waits to be accepted
+/// (it takes no file descriptor in the relay meanwhile) and is served once the header read
+/// timeout has freed a slot.
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[("RELAY_MAX_CONNECTIONS", "3")]).await;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(slow_headers(address(&relay), closed.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let event = identify(
+        "m-cap",
+        "john.doe@example.com",
+        json!({"plan": "cap"}),
+        &event_time(0),
+    );
+    let (status, answer) = relay.post_json(&event).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        closed.load(Ordering::SeqCst) > 0,
+        "answered while every slot was held by a slow client"
+    );
+    for connection in slow {
+        assert!(connection.await.expect("slow client").is_some());
+    }
 }
