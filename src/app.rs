@@ -23,6 +23,7 @@ use crate::budget::Budget;
 use crate::clock::{millis, SharedClock, TokioClock};
 use crate::config::{ConfigError, ProsperStackSettings, Settings};
 use crate::delivery::Delivery;
+use crate::disk::FreeSpace;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
 use crate::mapping::{CatalogueCache, Rules};
@@ -230,6 +231,12 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
         wake: parts.wake.clone(),
         draining: parts.draining.clone(),
         clock: parts.clock.clone(),
+        free_space: Arc::new(FreeSpace::new(
+            &settings.data_dir,
+            settings.min_free_bytes,
+            parts.clock.clone(),
+            parts.metrics.clone(),
+        )),
     };
     let health_state = HealthState {
         store: parts.store.clone(),

@@ -101,6 +101,8 @@ pub struct Settings {
     /// A separate address for `/metrics`; `None` serves it on `listen`.
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Below this much free space in `data_dir`, new events are answered 503.
+    pub min_free_bytes: u64,
     pub log_format: LogFormat,
     pub prosperstack: ProsperStackSettings,
     pub segment: SegmentSettings,
@@ -117,6 +119,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             metrics_listen: None,
             data_dir: PathBuf::from("./data"),
+            min_free_bytes: 64 * 1024 * 1024,
             log_format: LogFormat::Text,
             prosperstack: ProsperStackSettings::default(),
             segment: SegmentSettings::default(),

@@ -6,8 +6,8 @@
 //! Out: events handed to the store; the answer only after the store committed them.
 //!
 //! Stays true:
-//! - 2xx means every accepted event is durably stored; when the store cannot store, 503 (so
-//!   Segment retries) — never 2xx;
+//! - 2xx means every accepted event is durably stored; when the store cannot store, or its
+//!   volume has less than `min_free_bytes` free, 503 (so Segment retries) — never 2xx;
 //! - 4xx only for input that can never succeed: 400 malformed, 401 unauthenticated, 413 too
 //!   large, 422 an Identify with no email and none known for its userId;
 //! - in a batch an invalid event never costs its valid neighbours: they are stored and the
@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, Secret};
+use crate::disk::{FreeSpace, LowDisk};
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
 use crate::store::{Incoming, IngestOutcome, Store, StoreError};
@@ -95,6 +96,8 @@ pub struct IngestState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Dates each event's arrival.
     pub clock: SharedClock,
+    /// Whether the data directory has room for new events.
+    pub free_space: Arc<FreeSpace>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -118,6 +121,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("the relay is shutting down")]
     Draining,
+    #[error("{0}")]
+    LowDisk(#[from] LowDisk),
 }
 
 impl IntoResponse for IngestError {
@@ -138,6 +143,9 @@ impl IntoResponse for IngestError {
                 message("the relay cannot store events right now; retry later")
             }
             IngestError::Draining => message("the relay is shutting down; retry later"),
+            IngestError::LowDisk(_) => {
+                message("the relay's data volume is nearly full; delivery goes on, retry later")
+            }
             other => message(&other.to_string()),
         };
         (status, Json(body)).into_response()
@@ -156,7 +164,9 @@ impl IngestError {
                 .first()
                 .and_then(|r| StatusCode::from_u16(r.status).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
-            IngestError::Store(_) | IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Store(_) | IngestError::Draining | IngestError::LowDisk(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -169,6 +179,8 @@ impl IngestError {
                 tracing::error!(error = %e, "cannot store events; answering 503 so Segment retries")
             }
             IngestError::Draining => tracing::info!(status, "refused a request while draining"),
+            // The change to and from low space is logged once, as a warning, where it is read.
+            IngestError::LowDisk(e) => tracing::info!(status, reason = %e, "refused a request"),
             IngestError::AllRejected(answer) => {
                 let first = answer.rejected.first().map(|r| redact_emails(&r.error));
                 let reason = first.as_deref().unwrap_or("?");
@@ -213,6 +225,10 @@ async fn receive(
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(IngestError::Draining);
     }
+    state
+        .free_space
+        .check()
+        .inspect_err(|_| state.metrics.refused_low_disk())?;
     let events = read_events(&state, &headers, body).await.inspect_err(|e| {
         // Whole requests refused before any event was looked at are counted too.
         state.metrics.event_rejected(match e {

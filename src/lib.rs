@@ -16,7 +16,7 @@
 //! - [`prosperstack`]: the ProsperStack API client (HTTP and the API's types only).
 //!
 //! Around it: [`config`] (one typed settings tree from file and environment; each stage owns
-//! its section), [`app`] (wiring, run, drain), [`server`] (connections within limits),
+//! its section), [`app`] (wiring, run, drain), [`server`] (connections within limits), [`disk`] (free-space watermark),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! and [`cli`] (subcommands).
 //!
@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod disk;
 pub mod health;
 pub mod identify;
 pub mod ingest;

@@ -41,6 +41,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("listen", "RELAY_LISTEN", Address),
     row("metrics_listen", "RELAY_METRICS_LISTEN", Address),
     row("data_dir", "RELAY_DATA_DIR", Path),
+    row("min_free_bytes", "RELAY_MIN_FREE_BYTES", Count),
     row("log_format", "RELAY_LOG_FORMAT", LogFormat),
     row("prosperstack.api_key", "PROSPERSTACK_API_KEY", Secret),
     row("prosperstack.api_url", "PROSPERSTACK_API_URL", Url),

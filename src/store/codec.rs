@@ -82,11 +82,7 @@ pub(super) fn replay(
         .events
         .iter()
         .filter_map(|raw| match identify::normalise(raw, now_ms) {
-            Ok(Event::Identify(mut update)) => {
-                // Every original arrived before the replay: none may claim a later time.
-                identify::clamp_time(&mut update, now_ms);
-                Some((update, raw.to_string()))
-            }
+            Ok(Event::Identify(update)) => Some((update, raw.to_string())),
             _ => None,
         })
         .collect();

@@ -2,7 +2,10 @@
 //!
 //! - a time from the future is held to the arrival plus `max_clock_skew`, so a later event lands;
 //! - slow headers and idle kept-alive connections are closed by the header read timeout, and at
-//!   most `max_connections` are served at once, while a normal POST is still answered.
+//!   most `max_connections` are served at once, while a normal POST is still answered;
+//! - a data volume that fills up refuses new events with 503 while delivery drains the queue,
+//!   and accepts them again by itself once space returns (on a small tmpfs, when this machine
+//!   lets the test mount one).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -158,4 +161,110 @@ async fn connections_beyond_the_cap_wait_their_turn() {
     for connection in slow {
         assert!(connection.await.expect("slow client").is_some());
     }
+}
+
+/// A small tmpfs, mounted for one test and unmounted (lazily: the relay may still hold files)
+/// when dropped. `None` where mounting is refused (not root, a container without the right).
+struct SmallVolume {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SmallVolume {
+    fn mount(size: &str) -> Option<SmallVolume> {
+        let dir = tempfile::tempdir().ok()?;
+        let path = dir.path().join("volume");
+        std::fs::create_dir(&path).ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallVolume { _dir: dir, path })
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let stats = rustix::fs::statvfs(&self.path).expect("statvfs");
+        stats.f_bavail * stats.f_frsize
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The probe that found it: on a 4 MiB volume the store's own write-ahead log filled the disk,
+/// then every POST was 503 and delivery stalled until an operator grew the volume. Now, below
+/// `min_free_bytes`, new events are refused with 503 while delivery goes on (an event waiting
+/// for its subscriber lands meanwhile), and once space returns events are accepted again;
+/// everything acknowledged is delivered.
+#[tokio::test]
+async fn a_full_volume_refuses_new_events_delivers_and_recovers() {
+    let Some(volume) = SmallVolume::mount("16m") else {
+        println!("skipped: this machine refuses to mount a tmpfs (run as root to include it)");
+        return;
+    };
+    let sb = demo_sandbox().await;
+    let data_dir = volume.path.join("data");
+    let extra = [("RELAY_MIN_FREE_BYTES", "4194304")];
+    let relay = TestRelay::start_in(settings(&sb.url, &data_dir, &extra)).await;
+    let late = "late0@example.com";
+    let before = identify("d-before", late, json!({"plan": "before"}), &event_time(0));
+    assert_eq!(relay.post_json(&before).await.0, 200);
+
+    // Fill the volume to 1 MiB free, under the 4 MiB watermark.
+    let ballast = volume.path.join("ballast");
+    let fill = volume.free_bytes().saturating_sub(1024 * 1024) as usize;
+    std::fs::write(&ballast, vec![0u8; fill]).expect("fill the volume");
+    let during = identify(
+        "d-during",
+        "john.doe@example.com",
+        json!({"plan": "during"}),
+        &event_time(1),
+    );
+    // Until the next reading of the free space (at most a second), it is still accepted.
+    let accepted_while_filling = std::cell::Cell::new(false);
+    let (accepted, relay_ref, during_ref) = (&accepted_while_filling, &relay, &during);
+    let refused = eventually(PATIENCE, move || async move {
+        let status = relay_ref.post_json(during_ref).await.0;
+        accepted.set(accepted.get() || status == 200);
+        status == 503
+    })
+    .await;
+    assert!(
+        refused,
+        "never refused with {} bytes free",
+        volume.free_bytes()
+    );
+    assert!(relay.metric("relay_requests_refused_low_disk_total").await >= 1);
+
+    // Delivery goes on below the watermark: the waiting event lands once its subscriber exists.
+    create_members(&sb.sandbox, "late", 1);
+    let plan_of = |email: &'static str, value: &'static str| {
+        let sandbox = &sb.sandbox;
+        move || async move { property(sandbox, email, "plan") == Some(Value::from(value)) }
+    };
+    assert!(eventually(PATIENCE, plan_of(late, "before")).await);
+    assert_eq!(relay.post_json(&during).await.0, 503);
+
+    // Space returns: accepted again, with no operator.
+    std::fs::remove_file(&ballast).expect("free the volume");
+    let after = identify("d-after", late, json!({"plan": "after"}), &event_time(2));
+    assert!(
+        eventually(PATIENCE, || async {
+            relay.post_json(&after).await.0 == 200
+        })
+        .await
+    );
+    assert!(eventually(PATIENCE, plan_of(late, "after")).await);
+    if accepted_while_filling.get() {
+        assert!(eventually(PATIENCE, plan_of("john.doe@example.com", "during")).await);
+    }
+    assert_eq!(relay.get("/readyz").await.0, 200);
 }
