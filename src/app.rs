@@ -237,6 +237,7 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
             parts.clock.clone(),
             parts.metrics.clone(),
         )),
+        parsing: ingest::parsing_budget(&settings.segment),
     };
     let health_state = HealthState {
         store: parts.store.clone(),

@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, Secret};
@@ -58,6 +58,9 @@ pub struct SegmentSettings {
     /// held to the arrival plus this.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Bytes of request bodies read and parsed at once; others wait their turn (up to
+    /// [`PARSING_WAIT`], then 503). Bounds the memory parsing takes whatever the load.
+    pub max_parsing_bytes: usize,
 }
 
 impl Default for SegmentSettings {
@@ -67,6 +70,7 @@ impl Default for SegmentSettings {
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
             max_clock_skew: Duration::from_secs(5 * 60),
+            max_parsing_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -84,6 +88,20 @@ impl SegmentSettings {
     }
 }
 
+/// How long a request waits for its turn to be parsed: Segment gives up after 5 s, and a 503
+/// before then is retried, where a timeout might be taken for a slow relay.
+pub const PARSING_WAIT: Duration = Duration::from_secs(4);
+
+/// Bodies are counted in KiB against the parsing budget (the semaphore counts in `u32`).
+const BUDGET_UNIT: usize = 1024;
+
+/// The semaphore of body bytes being parsed at once, for `settings`: never smaller than one
+/// body of the largest size accepted, which would otherwise wait for ever.
+pub fn parsing_budget(settings: &SegmentSettings) -> Arc<Semaphore> {
+    let bytes = settings.max_parsing_bytes.max(settings.max_body_bytes);
+    Arc::new(Semaphore::new(bytes.div_ceil(BUDGET_UNIT)))
+}
+
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct IngestState {
@@ -98,6 +116,8 @@ pub struct IngestState {
     pub clock: SharedClock,
     /// Whether the data directory has room for new events.
     pub free_space: Arc<FreeSpace>,
+    /// Body bytes being parsed at once, in KiB ([`parsing_budget`]).
+    pub parsing: Arc<Semaphore>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -123,6 +143,8 @@ pub enum IngestError {
     Draining,
     #[error("{0}")]
     LowDisk(#[from] LowDisk),
+    #[error("waited {PARSING_WAIT:?} for a turn to parse the body")]
+    Busy,
 }
 
 impl IntoResponse for IngestError {
@@ -143,6 +165,9 @@ impl IntoResponse for IngestError {
                 message("the relay cannot store events right now; retry later")
             }
             IngestError::Draining => message("the relay is shutting down; retry later"),
+            IngestError::Busy => {
+                message("the relay is parsing as much as it may at once; retry later")
+            }
             IngestError::LowDisk(_) => {
                 message("the relay's data volume is nearly full; delivery goes on, retry later")
             }
@@ -164,9 +189,10 @@ impl IngestError {
                 .first()
                 .and_then(|r| StatusCode::from_u16(r.status).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
-            IngestError::Store(_) | IngestError::Draining | IngestError::LowDisk(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngestError::Store(_)
+            | IngestError::Draining
+            | IngestError::LowDisk(_)
+            | IngestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -181,6 +207,12 @@ impl IngestError {
             IngestError::Draining => tracing::info!(status, "refused a request while draining"),
             // The change to and from low space is logged once, as a warning, where it is read.
             IngestError::LowDisk(e) => tracing::info!(status, reason = %e, "refused a request"),
+            IngestError::Busy => {
+                tracing::warn!(
+                    status,
+                    "refused a request: too many large bodies being parsed at once"
+                )
+            }
             IngestError::AllRejected(answer) => {
                 let first = answer.rejected.first().map(|r| redact_emails(&r.error));
                 let reason = first.as_deref().unwrap_or("?");
@@ -229,6 +261,8 @@ async fn receive(
         .free_space
         .check()
         .inspect_err(|_| state.metrics.refused_low_disk())?;
+    // Held until the answer: the parsed events are alive until then.
+    let _parsing = wait_for_parsing_turn(&state, &headers).await?;
     let events = read_events(&state, &headers, body).await.inspect_err(|e| {
         // Whole requests refused before any event was looked at are counted too.
         state.metrics.event_rejected(match e {
@@ -246,6 +280,30 @@ async fn receive(
         return Err(IngestError::AllRejected(answer));
     }
     Ok(Json(answer))
+}
+
+/// Reserves the body's declared size (the largest allowed when it declares none) in the
+/// parsing budget, waiting up to [`PARSING_WAIT`] for it; then `Busy` (503, Segment retries).
+async fn wait_for_parsing_turn(
+    state: &IngestState,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    let limit = state.settings.max_body_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    // A body longer than it declared is cut by HTTP framing; one over the limit gets 413.
+    let bytes = declared.unwrap_or(limit).clamp(1, limit);
+    let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+    let turn = state.parsing.clone().acquire_many_owned(units);
+    match tokio::time::timeout(PARSING_WAIT, turn).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            state.metrics.refused_busy();
+            Err(IngestError::Busy)
+        }
+    }
 }
 
 /// Authenticates the request and splits its body into events.

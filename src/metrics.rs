@@ -65,6 +65,7 @@ pub struct Metrics {
     events_rejected: Family<ReasonLabels, Counter>,
     timestamps_clamped: Counter,
     refused_low_disk: Counter,
+    refused_busy: Counter,
     data_dir_free: Gauge,
     queue_depth: Gauge,
     queue_subscribers: Gauge,
@@ -106,6 +107,7 @@ impl Metrics {
             events_rejected: Family::default(),
             timestamps_clamped: Counter::default(),
             refused_low_disk: Counter::default(),
+            refused_busy: Counter::default(),
             data_dir_free: Gauge::default(),
             queue_depth: Gauge::default(),
             queue_subscribers: Gauge::default(),
@@ -161,6 +163,11 @@ impl Metrics {
             "requests_refused_low_disk",
             "Requests answered 503 because the data directory had less than min_free_bytes free",
             self.refused_low_disk.clone(),
+        );
+        r.register(
+            "requests_refused_busy",
+            "Requests answered 503 after waiting too long for their turn to be parsed",
+            self.refused_busy.clone(),
         );
         r.register(
             "data_dir_free_bytes",
@@ -317,6 +324,10 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    pub fn refused_busy(&self) {
+        self.refused_busy.inc();
     }
 
     pub fn refused_low_disk(&self) {

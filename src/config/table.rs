@@ -66,6 +66,11 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
     row("segment.max_clock_skew", "RELAY_MAX_CLOCK_SKEW", Duration),
     row(
+        "segment.max_parsing_bytes",
+        "RELAY_MAX_PARSING_BYTES",
+        Count,
+    ),
+    row(
         "http.header_read_timeout",
         "RELAY_HEADER_READ_TIMEOUT",
         Duration,

@@ -5,7 +5,9 @@
 //!   most `max_connections` are served at once, while a normal POST is still answered;
 //! - a data volume that fills up refuses new events with 503 while delivery drains the queue,
 //!   and accepts them again by itself once space returns (on a small tmpfs, when this machine
-//!   lets the test mount one).
+//!   lets the test mount one);
+//! - bodies being parsed at once are bounded in bytes: past the budget a request waits its turn,
+//!   and gets 503 (never a 4xx) if its turn does not come in time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -267,4 +269,49 @@ async fn a_full_volume_refuses_new_events_delivers_and_recovers() {
         assert!(eventually(PATIENCE, plan_of("john.doe@example.com", "during")).await);
     }
     assert_eq!(relay.get("/readyz").await.0, 200);
+}
+
+/// A body of `size` bytes that is one valid Identify padded with spaces.
+fn padded_identify(message_id: &str, size: usize) -> String {
+    let event = identify(
+        message_id,
+        "john.doe@example.com",
+        json!({"plan": message_id}),
+        &event_time(0),
+    )
+    .to_string();
+    format!("{event}{}", " ".repeat(size.saturating_sub(event.len())))
+}
+
+/// The probe that found it: nothing bounded how many large bodies were parsed at once. Now, with
+/// most of the parsing budget held by a body still arriving, a request that does not fit waits
+/// its turn and is answered 503 (Segment retries) rather than 4xx; once the slow body is gone
+/// (the request timeout answers it 408), the same request is accepted.
+#[tokio::test(start_paused = true)]
+async fn bodies_beyond_the_parsing_budget_wait_then_get_503() {
+    let sb = demo_sandbox().await;
+    let limits = [
+        ("RELAY_MAX_BODY_BYTES", "65536"),
+        ("RELAY_MAX_PARSING_BYTES", "65536"),
+    ];
+    let relay = TestRelay::start(&sb.url, &limits).await;
+    let mut slow = TcpStream::connect(address(&relay)).await.expect("connect");
+    let head = "POST /v1/segment HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
+                Content-Length: 60000\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, answer) = relay.post(padded_identify("m-wait", 10_000), &[]).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(relay.metric("relay_requests_refused_busy_total").await, 1);
+    // A small body still fits beside the slow one.
+    let (status, answer) = relay.post(padded_identify("m-small", 1_000), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest).await;
+    let answered = String::from_utf8_lossy(&rest).into_owned();
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
+    let (status, answer) = relay.post(padded_identify("m-wait", 10_000), &[]).await;
+    assert_eq!(status, 200, "{answer}");
 }
