@@ -70,7 +70,9 @@ impl Default for SegmentSettings {
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
             max_clock_skew: Duration::from_secs(5 * 60),
-            max_parsing_bytes: 64 * 1024 * 1024,
+            // Three bodies of the largest size: the store, not parsing, bounds throughput, and
+            // each body parses into several times its size (README, "Memory").
+            max_parsing_bytes: 16 * 1024 * 1024,
         }
     }
 }
