@@ -71,7 +71,8 @@ impl Default for SegmentSettings {
             max_body_bytes: 5 * 1024 * 1024,
             max_clock_skew: Duration::from_secs(5 * 60),
             // Three bodies of the largest size: the store, not parsing, bounds throughput, and
-            // each body parses into several times its size (README, "Memory").
+            // each body parses into several times its size (README, "Memory": 256 MB peak with
+            // 32 maximum-size bodies at once, 1.5 GB with 64 MiB).
             max_parsing_bytes: 16 * 1024 * 1024,
         }
     }
