@@ -2,7 +2,7 @@
 //!
 //! In: [`Settings`], a bound listener and a shutdown future (SIGTERM in `main`, a trigger in
 //! tests). Out: the HTTP service (ingest, health; metrics and status on their own listener or
-//! the main one), the delivery worker and the housekeeping tasks (gauges and saved status,
+//! the main one, each within the `[http]` connection limits), the delivery worker and the housekeeping tasks (gauges and saved status,
 //! pruning, progress lines), until shutdown; then the drain:
 //! 1. `/readyz` answers 503 and new events are refused with 503 (Segment retries them);
 //! 2. delivery finishes its current job, or is stopped at the drain deadline — its events are
@@ -23,6 +23,7 @@ use crate::budget::Budget;
 use crate::clock::{millis, SharedClock, TokioClock};
 use crate::config::{ConfigError, ProsperStackSettings, Settings};
 use crate::delivery::Delivery;
+use crate::disk::FreeSpace;
 use crate::health::{self, HealthState};
 use crate::ingest::{self, IngestState};
 use crate::leader::{LeaderTask, Leadership};
@@ -30,6 +31,7 @@ use crate::mapping::{CatalogueCache, Rules};
 use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
+use crate::server::HttpSettings;
 use crate::status::{self, Activity};
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError, StoreOptions};
 
@@ -233,11 +235,21 @@ pub async fn run(
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(address = %metrics_listener.local_addr()?, "metrics and status listening");
         let router = health::metrics_router(parts.metrics.clone(), status);
-        servers.push(spawn_server(metrics_listener, router, &stop_http));
-        servers.push(spawn_server(listener, main_router, &stop_http));
+        servers.push(spawn_server(
+            metrics_listener,
+            router,
+            settings.http,
+            &stop_http,
+        ));
+        servers.push(spawn_server(
+            listener,
+            main_router,
+            settings.http,
+            &stop_http,
+        ));
     } else {
         let router = main_router.merge(health::metrics_router(parts.metrics.clone(), status));
-        servers.push(spawn_server(listener, router, &stop_http));
+        servers.push(spawn_server(listener, router, settings.http, &stop_http));
     }
     tracing::info!(%address, upstream = %crate::config::display_url(&settings.prosperstack.api_url), store = %store_location(&settings), holder = %parts.leadership.holder(), "relay listening");
 
@@ -317,6 +329,13 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
         draining: parts.draining.clone(),
         clock: parts.clock.clone(),
         platform_ids: settings.mapping.platform_ids(),
+        free_space: Arc::new(FreeSpace::new(
+            &settings.data_dir,
+            settings.min_free_bytes,
+            parts.clock.clone(),
+            parts.metrics.clone(),
+        )),
+        parsing: ingest::parsing_budget(&settings.segment),
     };
     let health_state = HealthState {
         store: parts.store.clone(),
@@ -338,14 +357,10 @@ fn relay_router(settings: &Settings, parts: &Parts) -> Router {
 fn spawn_server(
     listener: TcpListener,
     router: Router,
+    limits: HttpSettings,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    })
+    tokio::spawn(crate::server::serve(listener, router, limits, stop.clone()))
 }
 
 /// Waits for delivery to stop by itself; at the deadline, stops it where it is. Its current

@@ -102,10 +102,13 @@ pub struct Settings {
     /// A separate address for `/metrics`; `None` serves it on `listen`.
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Below this much free space in `data_dir`, new events are answered 503.
+    pub min_free_bytes: u64,
     pub log_format: LogFormat,
     pub store: StoreSettings,
     pub prosperstack: ProsperStackSettings,
     pub segment: SegmentSettings,
+    pub http: crate::server::HttpSettings,
     pub mapping: MappingSettings,
     pub delivery: DeliverySettings,
     /// Trait name → property key (`[trait_mappings]`, file only).
@@ -118,10 +121,12 @@ impl Default for Settings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             metrics_listen: None,
             data_dir: PathBuf::from("./data"),
+            min_free_bytes: 64 * 1024 * 1024,
             log_format: LogFormat::Text,
             store: StoreSettings::default(),
             prosperstack: ProsperStackSettings::default(),
             segment: SegmentSettings::default(),
+            http: crate::server::HttpSettings::default(),
             mapping: MappingSettings::default(),
             delivery: DeliverySettings::default(),
             trait_mappings: BTreeMap::new(),
@@ -165,6 +170,7 @@ impl Settings {
         self.store.check()?;
         self.prosperstack.check()?;
         self.segment.check()?;
+        self.http.check()?;
         self.delivery.check()?;
         crate::mapping::check_trait_mappings(&self.trait_mappings)
     }

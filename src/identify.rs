@@ -41,8 +41,9 @@ pub struct IdentifyUpdate {
     /// The subscriber's platform ID, when `mapping.platform_id_trait` is set and the event
     /// carries one (ingest fills it in: normalising knows no settings).
     pub platform_id: Option<String>,
-    /// Milliseconds since the epoch: `timestamp`, else `originalTimestamp`, else `receivedAt`,
-    /// else the time the relay received it.
+    /// Milliseconds since the epoch: `timestamp`, else `receivedAt`, else `sentAt`, else the
+    /// time the relay received it; held to at most the arrival plus the tolerated clock skew by
+    /// [`clamp_time`] before it is stored.
     pub timestamp_ms: i64,
     /// Traits flattened one level (`traits.traits` merged in, inner winning), `email` removed.
     pub traits: Map<String, Value>,
@@ -79,7 +80,7 @@ impl Event {
 pub enum EventError {
     #[error("an event must be a JSON object")]
     NotAnObject,
-    #[error("the event has no \"type\"")]
+    #[error("the event's \"type\" must be a non-empty string")]
     MissingType,
     #[error("{0}")]
     Invalid(String),
@@ -106,6 +107,8 @@ pub fn normalise(value: &Value, received_ms: i64) -> Result<Event, EventError> {
     let event_type = obj
         .get("type")
         .and_then(Value::as_str)
+        // A blank type names nothing Segment sends: refused, not ignored as an unknown type.
+        .filter(|t| !t.trim().is_empty())
         .ok_or(EventError::MissingType)?
         .to_ascii_lowercase();
     match event_type.as_str() {
@@ -220,11 +223,24 @@ fn flatten(mut traits: Map<String, Value>) -> Map<String, Value> {
     traits
 }
 
+/// Segment's `timestamp` (already corrected for the device's clock), else the times Segment and
+/// the library stamped; `originalTimestamp` is the device's own clock, the one most often wrong.
 fn event_time(obj: &Map<String, Value>) -> Option<i64> {
-    ["timestamp", "originalTimestamp", "receivedAt"]
+    ["timestamp", "receivedAt", "sentAt"]
         .iter()
         .filter_map(|k| obj.get(*k)?.as_str())
         .find_map(parse_time)
+}
+
+/// Holds an update's time to at most `latest_ms` (its arrival plus the tolerated clock skew),
+/// so one client with a wrong clock cannot pin a property for ever: latest-wins would believe a
+/// time in 2038 over every later event. Answers the time the event claimed when it was held.
+pub fn clamp_time(update: &mut IdentifyUpdate, latest_ms: i64) -> Option<i64> {
+    let claimed = update.timestamp_ms;
+    (claimed > latest_ms).then(|| {
+        update.timestamp_ms = latest_ms;
+        claimed
+    })
 }
 
 /// RFC 3339 time in milliseconds; Segment's own docs show malformed times, which fall through.
@@ -400,16 +416,30 @@ mod tests {
     fn invalid_shapes() {
         assert_eq!(normalise(&json!([1]), 0), Err(EventError::NotAnObject));
         assert_eq!(normalise(&json!({"a":1}), 0), Err(EventError::MissingType));
+        for blank in [json!(""), json!("  "), json!(5), json!(null)] {
+            let event = json!({"type": blank, "userId": "u"});
+            assert_eq!(
+                normalise(&event, 0),
+                Err(EventError::MissingType),
+                "{blank}"
+            );
+        }
         assert!(normalise(&json!({"type":"identify","traits":{}}), 0).is_err());
         assert!(normalise(&json!({"type":"identify","userId":"u","traits":[1]}), 0).is_err());
     }
 
-    /// A malformed timestamp falls back to the next field, then to the receive time.
+    /// A malformed timestamp falls back to `receivedAt`, then `sentAt`, then to the receive
+    /// time; the device's `originalTimestamp` is never believed.
     #[test]
     fn time_fallbacks() {
         let v = json!({"type":"identify","userId":"u","timestamp":"2015-2-02T00:30:08.276Z",
-                       "originalTimestamp":"2024-01-01T00:00:00Z"});
+                       "originalTimestamp":"2030-01-01T00:00:00Z",
+                       "sentAt":"2024-01-01T00:00:01Z",
+                       "receivedAt":"2024-01-01T00:00:00Z"});
         assert_eq!(identify_of(&v).timestamp_ms, 1_704_067_200_000);
+        let v = json!({"type":"identify","userId":"u","originalTimestamp":"2030-01-01T00:00:00Z",
+                       "sentAt":"2024-01-01T00:00:01Z"});
+        assert_eq!(identify_of(&v).timestamp_ms, 1_704_067_201_000);
         let v = json!({"type":"identify","userId":"u"});
         assert_eq!(
             match normalise(&v, 42) {
@@ -418,5 +448,16 @@ mod tests {
             },
             42
         );
+    }
+
+    /// A time past the limit is held to it, and the claim is reported; an earlier one is kept.
+    #[test]
+    fn clamp_holds_future_times() {
+        let v = json!({"type":"identify","userId":"u","timestamp":"2038-01-19T03:14:08Z"});
+        let mut update = identify_of(&v);
+        assert_eq!(clamp_time(&mut update, 1_000), Some(2_147_483_648_000));
+        assert_eq!(update.timestamp_ms, 1_000);
+        assert_eq!(clamp_time(&mut update, 5_000), None);
+        assert_eq!(update.timestamp_ms, 1_000);
     }
 }

@@ -7,8 +7,8 @@
 //! Out: events handed to the store; the answer only after the store committed them.
 //!
 //! Stays true:
-//! - 2xx means every accepted event is durably stored; when the store cannot store, 503 (so
-//!   Segment retries) — never 2xx;
+//! - 2xx means every accepted event is durably stored; when the store cannot store, or its
+//!   volume has less than `min_free_bytes` free, 503 (so Segment retries) — never 2xx;
 //! - 4xx only for input that can never succeed: 400 malformed, 401 unauthenticated, 413 too
 //!   large, 422 an Identify with no email and none known for its userId;
 //! - in a batch an invalid event never costs its valid neighbours: they are stored and the
@@ -19,6 +19,7 @@
 //! Configured by [`SegmentSettings`], the `[segment]` section.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -32,10 +33,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, Secret};
+use crate::disk::{FreeSpace, LowDisk};
 use crate::identify::{self, EventError};
 use crate::metrics::Metrics;
 use crate::store::{Incoming, IngestOutcome, Store, StoreError};
@@ -55,6 +57,13 @@ pub struct SegmentSettings {
     pub max_body_bytes: usize,
     /// Write keys accepted on the Tracking API endpoints (`/v1/batch`, `/v1/identify`, …).
     pub write_keys: WriteKeys,
+    /// How far past its arrival an event's time is believed for latest-wins; later times are
+    /// held to the arrival plus this.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Bytes of request bodies read and parsed at once; others wait their turn (up to
+    /// [`PARSING_WAIT`], then 503). Bounds the memory parsing takes whatever the load.
+    pub max_parsing_bytes: usize,
 }
 
 impl Default for SegmentSettings {
@@ -64,6 +73,11 @@ impl Default for SegmentSettings {
             ingest_token: None,
             max_body_bytes: 5 * 1024 * 1024,
             write_keys: WriteKeys::default(),
+            max_clock_skew: Duration::from_secs(5 * 60),
+            // Three bodies of the largest size: the store, not parsing, bounds throughput, and
+            // each body parses into several times its size (README, "Memory": 256 MB peak with
+            // 32 maximum-size bodies at once, 1.5 GB with 64 MiB).
+            max_parsing_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -81,6 +95,20 @@ impl SegmentSettings {
     }
 }
 
+/// How long a request waits for its turn to be parsed: Segment gives up after 5 s, and a 503
+/// before then is retried, where a timeout might be taken for a slow relay.
+pub const PARSING_WAIT: Duration = Duration::from_secs(4);
+
+/// Bodies are counted in KiB against the parsing budget (the semaphore counts in `u32`).
+const BUDGET_UNIT: usize = 1024;
+
+/// The semaphore of body bytes being parsed at once, for `settings`: never smaller than one
+/// body of the largest size accepted, which would otherwise wait for ever.
+pub fn parsing_budget(settings: &SegmentSettings) -> Arc<Semaphore> {
+    let bytes = settings.max_parsing_bytes.max(settings.max_body_bytes);
+    Arc::new(Semaphore::new(bytes.div_ceil(BUDGET_UNIT)))
+}
+
 /// What the ingest handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct IngestState {
@@ -95,6 +123,10 @@ pub struct IngestState {
     pub clock: SharedClock,
     /// Where Identifies carry a platform ID (`mapping.platform_id_trait`), if anywhere.
     pub platform_ids: Option<identify::PlatformIdSource>,
+    /// Whether the data directory has room for new events.
+    pub free_space: Arc<FreeSpace>,
+    /// Body bytes being parsed at once, in KiB ([`parsing_budget`]).
+    pub parsing: Arc<Semaphore>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -119,6 +151,10 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("the relay is shutting down")]
     Draining,
+    #[error("{0}")]
+    LowDisk(#[from] LowDisk),
+    #[error("waited {PARSING_WAIT:?} for a turn to parse the body")]
+    Busy,
 }
 
 impl IntoResponse for IngestError {
@@ -147,6 +183,12 @@ impl IngestError {
                 message("the relay cannot store events right now; retry later")
             }
             IngestError::Draining => message("the relay is shutting down; retry later"),
+            IngestError::Busy => {
+                message("the relay is parsing as much as it may at once; retry later")
+            }
+            IngestError::LowDisk(_) => {
+                message("the relay's data volume is nearly full; delivery goes on, retry later")
+            }
             other => message(&other.to_string()),
         };
         (status, body)
@@ -163,7 +205,10 @@ impl IngestError {
                 .first()
                 .and_then(|r| StatusCode::from_u16(r.status).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
-            IngestError::Store(_) | IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Store(_)
+            | IngestError::Draining
+            | IngestError::LowDisk(_)
+            | IngestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -176,6 +221,14 @@ impl IngestError {
                 tracing::error!(error = %e, "cannot store events; answering 503 so Segment retries")
             }
             IngestError::Draining => tracing::info!(status, "refused a request while draining"),
+            // The change to and from low space is logged once, as a warning, where it is read.
+            IngestError::LowDisk(e) => tracing::info!(status, reason = %e, "refused a request"),
+            IngestError::Busy => {
+                tracing::warn!(
+                    status,
+                    "refused a request: too many large bodies being parsed at once"
+                )
+            }
             IngestError::AllRejected(answer) => {
                 let first = answer.rejected.first().map(|r| redact_emails(&r.error));
                 let reason = first.as_deref().unwrap_or("?");
@@ -217,9 +270,8 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Answer>, IngestError> {
-    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(IngestError::Draining);
-    }
+    // Held until the answer: the parsed events are alive until then.
+    let _parsing = admit_request(&state, &headers).await?;
     let events = read_events(&state, &headers, body).await.inspect_err(|e| {
         // Whole requests refused before any event was looked at are counted too.
         state.metrics.event_rejected(match e {
@@ -237,6 +289,48 @@ async fn receive(
         return Err(IngestError::AllRejected(answer));
     }
     Ok(Json(answer))
+}
+
+/// What every intake checks before reading a body: not draining, room on the disk, and a turn
+/// in the parsing budget (held until the request is answered).
+pub(crate) async fn admit_request(
+    state: &IngestState,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(IngestError::Draining);
+    }
+    state
+        .free_space
+        .check()
+        .inspect_err(|_| state.metrics.refused_low_disk())?;
+    wait_for_parsing_turn(state, headers).await
+}
+
+/// Reserves the body's declared size (the largest allowed when it declares none, or when it
+/// is compressed: what it inflates to is unknown) in the parsing budget, waiting up to
+/// [`PARSING_WAIT`] for it; then `Busy` (503, Segment retries).
+async fn wait_for_parsing_turn(
+    state: &IngestState,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    let limit = state.settings.max_body_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .filter(|_| !headers.contains_key(axum::http::header::CONTENT_ENCODING))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    // A body longer than it declared is cut by HTTP framing; one over the limit gets 413.
+    let bytes = declared.unwrap_or(limit).clamp(1, limit);
+    let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+    let turn = state.parsing.clone().acquire_many_owned(units);
+    match tokio::time::timeout(PARSING_WAIT, turn).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            state.metrics.refused_busy();
+            Err(IngestError::Busy)
+        }
+    }
 }
 
 /// Authenticates the request and splits its body into events.
@@ -284,8 +378,11 @@ pub fn parse_body(
     let text = body_text(bytes)?;
     if is_array(text) {
         let elements = array_elements(text)?;
-        if let (Some(secret), Some(first)) = (secret, elements.first()) {
-            verify_signature(secret, first.get().as_bytes(), headers)?;
+        if let Some(secret) = secret {
+            // Segment signs a batch's first element; an empty array has none, so its own bytes
+            // must be signed: an unsigned request is refused whatever it holds.
+            let signed = elements.first().map_or(&bytes[..], |e| e.get().as_bytes());
+            verify_signature(secret, signed, headers)?;
         }
         return Ok(array_events(&elements));
     }
@@ -438,7 +535,10 @@ fn admit(
         .get("messageId")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    match identify::normalise(&value, received).map(|e| with_platform_id(state, e)) {
+    let normalised = identify::normalise(&value, received)
+        .map(|event| hold_time(state, event, received))
+        .map(|event| with_platform_id(state, event));
+    match normalised {
         Ok(identify::Event::Ignored { event_type }) => {
             answer.ignored += 1;
             state.metrics.event_received(&event_type, "ignored");
@@ -477,6 +577,23 @@ fn with_platform_id(state: &IngestState, event: identify::Event) -> identify::Ev
         }
         (event, _) => event,
     }
+}
+
+/// Holds an Identify's time to its arrival plus the tolerated skew (see [`identify::clamp_time`]),
+/// counting and logging each one held (times only: the event may carry an email).
+fn hold_time(state: &IngestState, mut event: identify::Event, received: i64) -> identify::Event {
+    if let identify::Event::Identify(update) = &mut event {
+        let latest = received.saturating_add(crate::clock::millis(state.settings.max_clock_skew));
+        if let Some(claimed_ms) = identify::clamp_time(update, latest) {
+            state.metrics.timestamp_clamped();
+            tracing::debug!(
+                claimed_ms,
+                held_to_ms = latest,
+                "an event's time is past its arrival plus max_clock_skew; held to that"
+            );
+        }
+    }
+    event
 }
 
 /// Counts what the store made of one event in the answer and the metrics.

@@ -20,7 +20,8 @@
 //!
 //! Around it: [`config`] (one typed settings tree from file and environment; each stage owns
 //! its section), [`app`] (wiring, run, drain), [`leader`] (which replica delivers: the
-//! store's lease, renewed, released on shutdown, with the budget handed over),
+//! store's lease, renewed, released on shutdown, with the budget handed over), [`server`]
+//! (connections within limits), [`disk`] (free-space watermark),
 //! [`health`] (`/healthz`, `/readyz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! and [`cli`] (subcommands).
 //!
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod disk;
 pub mod health;
 pub mod identify;
 pub mod import;
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod prosperstack;
 pub mod resolve;
 pub mod retry;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod telemetry;

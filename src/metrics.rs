@@ -63,6 +63,10 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     events_received: Family<EventLabels, Counter>,
     events_rejected: Family<ReasonLabels, Counter>,
+    timestamps_clamped: Counter,
+    refused_low_disk: Counter,
+    refused_busy: Counter,
+    data_dir_free: Gauge,
     queue_depth: Gauge,
     queue_subscribers: Gauge,
     oldest_queued_age: Gauge<f64, AtomicU64>,
@@ -102,6 +106,10 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             events_received: Family::default(),
             events_rejected: Family::default(),
+            timestamps_clamped: Counter::default(),
+            refused_low_disk: Counter::default(),
+            refused_busy: Counter::default(),
+            data_dir_free: Gauge::default(),
             queue_depth: Gauge::default(),
             queue_subscribers: Gauge::default(),
             oldest_queued_age: Gauge::default(),
@@ -147,6 +155,26 @@ impl Metrics {
             "events_rejected",
             "Segment events rejected, by reason",
             self.events_rejected.clone(),
+        );
+        r.register(
+            "timestamps_clamped",
+            "Identify events whose time was past their arrival plus max_clock_skew, held to that",
+            self.timestamps_clamped.clone(),
+        );
+        r.register(
+            "requests_refused_low_disk",
+            "Requests answered 503 because the data directory had less than min_free_bytes free",
+            self.refused_low_disk.clone(),
+        );
+        r.register(
+            "requests_refused_busy",
+            "Requests answered 503 after waiting too long for their turn to be parsed",
+            self.refused_busy.clone(),
+        );
+        r.register(
+            "data_dir_free_bytes",
+            "Free space in the data directory's file system, at the last reading",
+            self.data_dir_free.clone(),
         );
         r.register(
             "queue_depth",
@@ -303,6 +331,23 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    pub fn refused_busy(&self) {
+        self.refused_busy.inc();
+    }
+
+    pub fn refused_low_disk(&self) {
+        self.refused_low_disk.inc();
+    }
+
+    pub fn set_data_dir_free(&self, bytes: u64) {
+        self.data_dir_free
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn timestamp_clamped(&self) {
+        self.timestamps_clamped.inc();
     }
 
     pub fn event_rejected(&self, reason: &'static str) {

@@ -46,6 +46,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("listen", "RELAY_LISTEN", Address),
     row("metrics_listen", "RELAY_METRICS_LISTEN", Address),
     row("data_dir", "RELAY_DATA_DIR", Path),
+    row("min_free_bytes", "RELAY_MIN_FREE_BYTES", Count),
     row("log_format", "RELAY_LOG_FORMAT", LogFormat),
     row("store.database_url", "RELAY_DATABASE_URL", DatabaseUrl),
     row("store.leader_lease", "RELAY_LEADER_LEASE", Duration),
@@ -71,6 +72,18 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("segment.ingest_token", "RELAY_INGEST_TOKEN", Secret),
     row("segment.max_body_bytes", "RELAY_MAX_BODY_BYTES", Count),
     row("segment.write_keys", "RELAY_WRITE_KEYS", Secret),
+    row("segment.max_clock_skew", "RELAY_MAX_CLOCK_SKEW", Duration),
+    row(
+        "segment.max_parsing_bytes",
+        "RELAY_MAX_PARSING_BYTES",
+        Count,
+    ),
+    row(
+        "http.header_read_timeout",
+        "RELAY_HEADER_READ_TIMEOUT",
+        Duration,
+    ),
+    row("http.max_connections", "RELAY_MAX_CONNECTIONS", Count),
     row("mapping.snake_case_match", "RELAY_SNAKE_CASE_MATCH", Bool),
     row(
         "mapping.create_audience_properties",

@@ -92,6 +92,25 @@ fn signature_required_when_secret_set() {
     assert!(parse_body(&body, &HeaderMap::new(), None).is_ok());
 }
 
+/// With a secret set, an unsigned request is refused whatever its body holds: an empty array
+/// has no first element to sign, so its own bytes must be signed.
+#[test]
+fn unsigned_empty_array_refused_when_secret_set() {
+    let secret = Secret::new(SECRET);
+    for body in ["[]", " [ ] ", "{}", "{\"batch\":[]}"] {
+        let r = parse_body(&Bytes::from(body), &HeaderMap::new(), Some(&secret));
+        assert!(
+            matches!(r, Err(IngestError::Unauthorized(_))),
+            "{body}: {r:?}"
+        );
+    }
+    let mut mac = Hmac::<Sha1>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(b"[]");
+    let right = hex::encode(mac.finalize().into_bytes());
+    let events = parse_body(&Bytes::from("[]"), &signed(&right), Some(&secret)).unwrap();
+    assert!(events.is_empty());
+}
+
 /// The Tracking API batch shape shares its envelope's context with every item.
 #[test]
 fn tracking_batch_shares_context() {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
-use super::{store_events, tracking_api_batch, IngestError, IngestState, RawEvent};
+use super::{admit_request, store_events, tracking_api_batch, IngestError, IngestState, RawEvent};
 use crate::config::Secret;
 
 /// The Tracking API's single-call endpoints, and the event type each implies.
@@ -144,9 +144,8 @@ async fn receive(
     body: Body,
     call: Option<&str>,
 ) -> Result<Json<Value>, Refusal> {
-    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(IngestError::Draining.into());
-    }
+    // Held until the answer: the parsed events are alive until then.
+    let _parsing = admit_request(&state, &headers).await?;
     let events = read_events(&state, &headers, body, call)
         .await
         .inspect_err(|e| state.metrics.event_rejected(refusal_reason(e)))?;

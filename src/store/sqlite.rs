@@ -39,6 +39,13 @@ pub(super) use schema::MIGRATIONS;
 
 /// How many waiting requests one transaction takes at most.
 const MAX_GROUP: usize = 256;
+/// Bytes the WAL file is cut back to after a checkpoint.
+const JOURNAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+/// The writer idle this long after a write (ingest and delivery have stopped: the queue is
+/// drained, or nothing arrives), it checkpoints the whole WAL and truncates it.
+const CHECKPOINT_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// While writes never pause, a truncating checkpoint still runs this often.
+const CHECKPOINT_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Op = Box<dyn FnOnce(&Connection, &StoreOptions) -> Completion + Send>;
@@ -114,9 +121,12 @@ impl SqliteStore {
         schema::check(schema::version(&conn)?, &location, exclusive)?;
         // temp_store=MEMORY keeps each request's savepoint journal off the disk: it is only
         // for rolling one request back, the WAL is what makes a commit durable.
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;",
-        )?;
+        // journal_size_limit: after a checkpoint the WAL file is cut back to this size instead of
+        // keeping the largest size a burst ever gave it (a small volume filled up with it).
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; \
+             PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT};"
+        ))?;
         if exclusive {
             schema::upgrade(&mut conn, &location)?;
         }
@@ -185,7 +195,16 @@ fn writer_loop(
     _lock: Option<File>,
     options: StoreOptions,
 ) {
-    while let Ok(first) = ops.recv() {
+    let mut checkpoints = Checkpoints::new();
+    loop {
+        let first = match ops.recv_timeout(checkpoints.wait()) {
+            Ok(op) => op,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                checkpoints.run(&conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match ops.try_recv() {
@@ -213,8 +232,56 @@ fn writer_loop(
             };
             complete(outcome);
         }
+        checkpoints.wrote(&conn);
     }
     // All handles dropped: the connection closes here and the lock is released.
+}
+
+/// When the writer checkpoints the WAL into the database and truncates it: once it has been
+/// idle for [`CHECKPOINT_WHEN_IDLE`] after writing, and at least every
+/// [`CHECKPOINT_AT_LEAST_EVERY`] while it writes. Between transactions only, on the writer.
+struct Checkpoints {
+    /// When the oldest write not yet checkpointed was committed; `None`: nothing to do.
+    dirty_since: Option<std::time::Instant>,
+}
+
+impl Checkpoints {
+    fn new() -> Checkpoints {
+        Checkpoints { dirty_since: None }
+    }
+
+    /// How long to wait for the next request before checkpointing.
+    fn wait(&self) -> Duration {
+        match self.dirty_since {
+            Some(_) => CHECKPOINT_WHEN_IDLE,
+            // Nothing to checkpoint: wait as long as it takes (a day, then look again).
+            None => Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// After a commit: remembers there is something to checkpoint, and checkpoints now if
+    /// writes have not paused for long.
+    fn wrote(&mut self, conn: &Connection) {
+        let since = *self.dirty_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= CHECKPOINT_AT_LEAST_EVERY {
+            self.run(conn);
+        }
+    }
+
+    fn run(&mut self, conn: &Connection) {
+        if self.dirty_since.is_none() {
+            return;
+        }
+        // A checkpoint that cannot finish (a reader in the way, no room to grow the database)
+        // leaves the WAL as it is; the next one tries again.
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => self.dirty_since = None,
+            Ok(_) => tracing::debug!("WAL checkpoint could not finish (busy); retried later"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retried later"),
+        }
+    }
 }
 
 fn in_savepoint<R>(

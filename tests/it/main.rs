@@ -7,6 +7,7 @@
 //! - [`coalesce`] and [`efficiency`]: spending the budget well.
 //! - [`emails`]: one person whatever the case of their email.
 //! - [`import`]: history from files queued behind live events, followed to delivery.
+//! - [`hostile`]: wrong clocks, slow connections, full disks and big bodies.
 //! - [`latest_wins`]: a property test of latest-wins through store and mapping (no network).
 //! - [`crash`]: SIGKILL and SIGTERM of the real binary lose nothing acknowledged.
 //! - [`node_clients`]: the real `@segment/analytics-node` and `@rudderstack/rudder-sdk-node` send through the relay.
@@ -31,6 +32,7 @@ mod crash;
 mod doctor;
 mod efficiency;
 mod emails;
+mod hostile;
 mod import;
 mod latest_wins;
 mod node_clients;

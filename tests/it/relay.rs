@@ -376,9 +376,11 @@ async fn signature_checked() {
     assert_eq!(status, 401);
     let (status, _) = relay.post(body.clone(), &[]).await;
     assert_eq!(status, 401);
+    // Unsigned means 401 whatever the body, an empty array included.
+    assert_eq!(relay.post("[]", &[]).await.0, 401);
     assert_eq!(relay.metric("relay_events_received_total").await, 0);
-    // Both refusals are counted (reason "unauthorized"), though no event was read.
-    assert_eq!(relay.metric("relay_events_rejected_total").await, 2);
+    // Every refusal is counted (reason "unauthorized"), though no event was read.
+    assert_eq!(relay.metric("relay_events_rejected_total").await, 3);
     let good = "800c9b04f49c31ca47fcd633e01a7b6e779bc302";
     let (status, answer) = relay
         .post(
@@ -528,6 +530,12 @@ async fn other_event_types_ignored() {
     let (status, answer) = relay.post_json(&payload("track-event.json")).await;
     assert_eq!(status, 200);
     assert_eq!(answer["ignored"], 1);
+    // A blank or non-string type is no event at all: 400, not "ignored".
+    for blank in [json!(""), json!(" "), json!(7)] {
+        let event = json!({"type": blank, "userId": "u1", "messageId": "m-blank"});
+        let (status, answer) = relay.post_json(&event).await;
+        assert_eq!(status, 400, "{blank}: {answer}");
+    }
     deliver_sentinel(&relay, &sb).await;
     assert_eq!(sb.sandbox.stats().subscriber_updates, 1);
 }

@@ -14,7 +14,7 @@
 //!   Every accepted event then goes through `identify::normalise` and its checks.
 //! - signature: with a secret, a request is let through exactly when its first `X-Signature` is
 //!   hex (after trimming) for the HMAC-SHA1 of the signed bytes: the whole body, or an array's
-//!   first element as written. So a correct signature always passes, and a one-bit flip, a
+//!   first element as written (an empty array's own bytes). So a correct signature always passes, and a one-bit flip, a
 //!   truncation, an extension, a non-hex or missing header never does. Without a secret no
 //!   request is refused for its signature.
 
@@ -311,7 +311,9 @@ fn signed_body(rng: &mut SmallRng, corpus: &Corpus) -> (Vec<u8>, Vec<u8>) {
             }
             body.extend_from_slice(whitespace(rng));
             body.push(b']');
-            (body, items.into_iter().next().unwrap_or_default())
+            // An empty array has no first element: its own bytes are what is signed.
+            let signed = items.into_iter().next().unwrap_or_else(|| body.clone());
+            (body, signed)
         }
         4 => {
             // A fixture as written (pretty-printed), unless it is the array one.
@@ -453,11 +455,12 @@ pub fn run_signature(input: &SignatureInput) -> Result<&'static str, Violation> 
     let text = std::str::from_utf8(body).ok();
     let array = array_shaped(body);
     match &result {
-        // An empty array has nothing signed; an empty batch passed the check like any object.
+        // An empty array is signed over its own bytes, an empty batch like any object: nothing
+        // unsigned passes.
         Ok(events) if events.is_empty() => ensure(
-            array || verifies,
-            "signature: only an empty array goes unchecked",
-            || "no events from a wrongly signed body that is not an array".into(),
+            verifies,
+            "signature: an unsigned body is refused, an empty one too",
+            || "no events from a wrongly signed body".into(),
         )
         .map(|()| "accepted, no events"),
         Ok(events) => ensure(verifies, "signature: a wrong signature is refused", || {

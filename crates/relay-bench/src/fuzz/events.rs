@@ -128,10 +128,11 @@ pub fn check_normalise(
         )?;
         return Ok(("not an object", None));
     };
-    let Some(kind) = obj.get("type").and_then(Value::as_str) else {
+    let kind = obj.get("type").and_then(Value::as_str);
+    let Some(kind) = kind.filter(|k| !k.trim().is_empty()) else {
         ensure(
             out == Err(EventError::MissingType),
-            "normalise: no string type, no event",
+            "normalise: no non-blank string type, no event",
             || format!("{out:?}"),
         )?;
         return Ok(("no type", None));
@@ -257,7 +258,8 @@ fn usable_id(v: Option<&Value>) -> Option<String> {
 
 fn email_in(traits: Option<&Value>) -> Option<String> {
     let email = traits?.as_object()?.get("email")?.as_str()?.trim();
-    (!email.is_empty()).then(|| email.to_owned())
+    // An email has an @, and never the prefix of a platform ID's queue key.
+    (email.contains('@') && !email.starts_with("platform_id:")).then(|| email.to_owned())
 }
 
 fn check_update(
@@ -283,7 +285,7 @@ fn check_update(
         .or_else(|| email_in(obj.get("context").and_then(|c| c.get("traits"))));
     ensure(
         u.email == email,
-        "normalise: the email is traits.email else context.traits.email, trimmed",
+        "normalise: the email is traits.email else context.traits.email (an address), trimmed",
         || format!("expected {email:?}, got {:?}", u.email),
     )?;
     ensure(
@@ -312,7 +314,7 @@ fn check_update(
             )
         },
     )?;
-    let any_time = ["timestamp", "originalTimestamp", "receivedAt"]
+    let any_time = ["timestamp", "receivedAt", "sentAt"]
         .iter()
         .any(|k| obj.get(*k).is_some_and(Value::is_string));
     ensure(

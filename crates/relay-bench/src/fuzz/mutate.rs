@@ -30,6 +30,7 @@ const KNOWN_PATHS: &[&[&str]] = &[
     &["timestamp"],
     &["originalTimestamp"],
     &["receivedAt"],
+    &["sentAt"],
     &["messageId"],
     &["userId"],
     &["anonymousId"],
@@ -51,6 +52,7 @@ pub const KEYS: &[&str] = &[
     "timestamp",
     "originalTimestamp",
     "receivedAt",
+    "sentAt",
     "messageId",
     "userId",
     "anonymousId",
@@ -240,7 +242,7 @@ fn value_for_key(rng: &mut SmallRng, corpus: &Corpus, key: &str, room: usize) ->
     let text = |s: &str| Value::String(s.to_owned());
     match key {
         "type" => text(word(rng, TYPES)),
-        "timestamp" | "originalTimestamp" | "receivedAt" => match rng.gen_range(0..4) {
+        "timestamp" | "originalTimestamp" | "receivedAt" | "sentAt" => match rng.gen_range(0..4) {
             0 => number(rng),
             _ => Value::String(scalars::date_like(rng)),
         },
