@@ -11,7 +11,8 @@
 //!   directory;
 //! - [`doctor`]: `doctor` checks a setup against the real API (at most 2 requests);
 //! - [`preview`]: `preview` shows how a payload would map, sending nothing;
-//! - [`status`]: `status` shows what a running relay is doing, from its store.
+//! - [`status`]: `status` shows what a running relay is doing, from its store;
+//! - [`store_copy`]: `store copy` moves a SQLite data directory into PostgreSQL.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
@@ -26,6 +27,7 @@ mod health;
 mod preview;
 mod serve;
 mod status;
+mod store_copy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +47,7 @@ pub use health::{default_health_url, HealthcheckArgs};
 pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
 pub use status::StatusArgs;
+pub use store_copy::{CopyArgs, StoreArgs, StoreCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +82,8 @@ pub enum Command {
     Preview(PreviewArgs),
     /// What a running relay is doing: queue states, budget, ETA, upstream, dead letters.
     Status(StatusArgs),
+    /// Move a store's contents between backends (`store copy`: SQLite into PostgreSQL).
+    Store(StoreArgs),
 }
 
 /// Runs the parsed command line.
@@ -92,6 +97,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Doctor => doctor::doctor(cli.config).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
         Command::Status(args) => status::status(cli.config, args).await,
+        Command::Store(args) => store_copy::store(args).await,
     }
 }
 
@@ -184,5 +190,7 @@ mod tests {
         assert!(
             Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "soon"]).is_err()
         );
+        assert!(Cli::try_parse_from(["p", "store", "copy", "--from", "d", "--to", "u"]).is_ok());
+        assert!(Cli::try_parse_from(["p", "store", "copy", "--to", "u"]).is_err());
     }
 }

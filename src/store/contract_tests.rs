@@ -35,9 +35,9 @@ macro_rules! contract {
     };
 }
 
-mod backends;
+pub(super) mod backends;
 mod lease;
 mod postgres_only;
 mod queue;
 mod schema;
-mod support;
+pub(super) mod support;
