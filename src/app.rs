@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::prosperstack::{ApiError, Client};
 use crate::resolve::Resolver;
 use crate::status::{self, Activity};
-use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError, StoreOptions};
 
 /// How often queue gauges and the saved status are refreshed, and old dedupe ids pruned.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,12 +52,38 @@ pub enum AppError {
     Config(#[from] ConfigError),
 }
 
-/// Opens the store for `settings` (taking the data directory's lock).
-pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the store for `settings` as the relay does: PostgreSQL at `store.database_url`
+/// (bringing its schema up to date, one replica at a time), else SQLite in `data_dir` (taking
+/// the directory's lock).
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
     let options = StoreOptions {
         coalesce_ms: settings.delivery.coalesce_delay.as_millis() as i64,
     };
-    Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?))
+    match &settings.store.database_url {
+        Some(url) => Ok(Arc::new(
+            PostgresStore::connect(url.expose(), options).await?,
+        )),
+        None => Ok(Arc::new(SqliteStore::open(&settings.data_dir, options)?)),
+    }
+}
+
+/// Opens the configured store for a tool beside a running relay: no lock, no schema change
+/// (a store not at this release's schema is refused). SQLite: [`StoreError::DataDir`] when the
+/// directory holds no store yet.
+pub async fn open_store_shared(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    match &settings.store.database_url {
+        Some(url) => Ok(Arc::new(PostgresStore::connect_shared(url.expose()).await?)),
+        None => Ok(Arc::new(SqliteStore::open_shared(&settings.data_dir)?)),
+    }
+}
+
+/// Where the configured store is, for messages: the PostgreSQL location (no password), or the
+/// data directory.
+pub fn store_location(settings: &Settings) -> String {
+    settings
+        .store
+        .location()
+        .unwrap_or_else(|| settings.data_dir.display().to_string())
 }
 
 /// The ProsperStack client, behind the one budget every upstream request passes.
@@ -94,8 +120,8 @@ struct Parts {
 
 impl Parts {
     /// Everything that can fail at start-up, before any task is spawned.
-    fn build(settings: &Settings) -> Result<Parts, AppError> {
-        let store = open_store(settings)?;
+    async fn build(settings: &Settings) -> Result<Parts, AppError> {
+        let store = open_store(settings).await?;
         let metrics = Arc::new(Metrics::new());
         // Tokio's clock: real time in production, the paused clock in tests that pause it.
         let clock = TokioClock::shared();
@@ -143,7 +169,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let parts = Parts::build(&settings)?;
+    let parts = Parts::build(&settings).await?;
     let status = parts.status_sources();
     let stop_workers = CancellationToken::new();
     let workers = spawn_workers(&settings, &parts, &status, &stop_workers);

@@ -3,7 +3,7 @@
 //!
 //! In: an optional file path and an environment (injected, so tests need not touch the process).
 //! Out: [`Settings`], whose sections belong to the modules that use them
-//! ([`ProsperStackSettings`] here, [`SegmentSettings`] in `ingest`, [`MappingSettings`] in
+//! ([`ProsperStackSettings`] here, [`StoreSettings`] in `store`, [`SegmentSettings`] in `ingest`, [`MappingSettings`] in
 //! `mapping`, [`DeliverySettings`] in `delivery`), or a [`ConfigError`] naming the one setting
 //! that is wrong by its file key and its environment variable, in one line.
 //!
@@ -33,6 +33,7 @@ use url::Url;
 use crate::delivery::DeliverySettings;
 use crate::ingest::SegmentSettings;
 use crate::mapping::MappingSettings;
+use crate::store::StoreSettings;
 pub use startup::cannot_listen;
 pub use upstream::ProsperStackSettings;
 
@@ -102,6 +103,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    pub store: StoreSettings,
     pub prosperstack: ProsperStackSettings,
     pub segment: SegmentSettings,
     pub mapping: MappingSettings,
@@ -117,6 +119,7 @@ impl Default for Settings {
             metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Text,
+            store: StoreSettings::default(),
             prosperstack: ProsperStackSettings::default(),
             segment: SegmentSettings::default(),
             mapping: MappingSettings::default(),
@@ -159,6 +162,7 @@ impl Settings {
     /// The ranges and relations no single value shows, section by section.
     fn check(&self) -> Result<(), ConfigError> {
         self.check_listeners()?;
+        self.store.check()?;
         self.prosperstack.check()?;
         self.segment.check()?;
         self.delivery.check()?;
@@ -182,7 +186,11 @@ impl Settings {
 
     /// What settings alone cannot show but start-up needs: the data directory exists (it is
     /// created when missing) and this process can write in it.
+    /// With a `database_url`, the data directory is not used and not checked.
     pub fn check_can_start(&self) -> Result<(), ConfigError> {
+        if self.store.database_url.is_some() {
+            return Ok(());
+        }
         startup::check_data_dir(&self.data_dir)
     }
 }

@@ -15,10 +15,10 @@ pub(super) fn check_config(config_file: Option<&Path>) -> ExitCode {
     match startable(config_file, &config::process_env) {
         Ok(s) => {
             println!(
-                "configuration is valid (upstream {}, listen {}, data {})",
+                "configuration is valid (upstream {}, listen {}, store {})",
                 config::display_url(&s.prosperstack.api_url),
                 s.listen,
-                s.data_dir.display()
+                crate::app::store_location(&s)
             );
             ExitCode::SUCCESS
         }

@@ -1,11 +1,12 @@
 //! `dead-letters list | replay | purge`: the operator's hands on what delivery gave up on.
 //!
-//! In: the data directory (`RELAY_DATA_DIR` or `data_dir`; with `--sandbox`, the one
-//! `serve --sandbox` uses; secrets are not read) and the subcommand. Out: a table or JSON on
+//! In: the configured store (`database_url`, else the data directory: `RELAY_DATA_DIR` or
+//! `data_dir`; with `--sandbox`, the one `serve --sandbox` uses; other secrets are not read)
+//! and the subcommand. Out: a table or JSON on
 //! stdout; replayed events queued again, purged letters gone. Exit 1 when the store cannot be
 //! used or a replayed id names no dead letter (the others named are still replayed).
-//! Stays true: the store is opened shared (no directory lock, no schema upgrade), so the relay
-//! may be running; it delivers what a replay queues.
+//! Stays true: the store is opened shared (no directory lock, no schema upgrade), so relays
+//! may be running; the one delivering delivers what a replay queues.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use clap::{Args, Subcommand};
 
 use super::{config_failure, tool_settings};
 use crate::clock::{Clock, TokioClock};
-use crate::store::{DeadLetter, SqliteStore, Store, StoreError};
+use crate::store::{DeadLetter, Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct DeadLettersArgs {
@@ -51,13 +52,13 @@ pub enum DeadLetterCommand {
 }
 
 pub(super) async fn dead_letters(config_file: Option<PathBuf>, args: DeadLettersArgs) -> ExitCode {
-    // Only the data directory is needed, so secrets are not read; the relay may be running
-    // (SQLite serialises writers).
+    // Only the store is needed, so other secrets are not read; relays may be running (SQLite
+    // serialises writers, PostgreSQL has transactions).
     let settings = match tool_settings(config_file.as_deref(), args.sandbox) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };
-    let store = match SqliteStore::open_shared(&settings.data_dir) {
+    let store = match crate::app::open_store_shared(&settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -70,7 +71,9 @@ pub(super) async fn dead_letters(config_file: Option<PathBuf>, args: DeadLetters
             .await
             .map(|letters| print_dead_letters(&letters, json))
             .map_err(Failure::from),
-        DeadLetterCommand::Replay { ids, all } => replay(&store, (!all).then_some(ids)).await,
+        DeadLetterCommand::Replay { ids, all } => {
+            replay(store.as_ref(), (!all).then_some(ids)).await
+        }
         DeadLetterCommand::Purge { older_than } => {
             let before = TokioClock.wall_ms() - older_than.as_millis() as i64;
             store
@@ -108,7 +111,7 @@ impl From<StoreError> for Failure {
 
 /// Replays the chosen dead letters (all when `None`); ids naming no dead letter are reported
 /// after the others are replayed.
-async fn replay(store: &SqliteStore, ids: Option<Vec<i64>>) -> Result<(), Failure> {
+async fn replay(store: &dyn Store, ids: Option<Vec<i64>>) -> Result<(), Failure> {
     let (found, missing) = match ids {
         None => (None, Vec::new()),
         Some(ids) => {

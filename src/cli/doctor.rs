@@ -19,7 +19,7 @@ use crate::clock::{Clock, TokioClock};
 use crate::config::{self, Settings};
 use crate::mapping::{Catalogue, Rules};
 use crate::prosperstack::{ApiError, ApiKey, Client, Property};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::StoreError;
 use checks::{Finding, Level};
 
 /// What the doctor found, and what it spent finding it.
@@ -73,44 +73,38 @@ pub(super) async fn doctor(config_file: Option<PathBuf>) -> ExitCode {
 
 fn configuration(settings: &Settings) -> Finding {
     Finding::ok(format!(
-        "configuration is valid (upstream {}, listen {}, data {})",
+        "configuration is valid (upstream {}, listen {}, store {})",
         config::display_url(&settings.prosperstack.api_url),
         settings.listen,
-        settings.data_dir.display()
+        crate::app::store_location(settings)
     ))
 }
 
-/// The data directory is writable and the store in it, if any, opens and takes a write.
+/// The store opens and takes a write: the data directory's (writable, and the store in it if
+/// any), or the PostgreSQL database's.
 async fn store(settings: &Settings) -> Finding {
-    let dir = &settings.data_dir;
+    let place = crate::app::store_location(settings);
     if let Err(e) = settings.check_can_start() {
         return Finding::problem(e.to_string());
     }
-    let store = match SqliteStore::open_shared(dir) {
+    let store = match crate::app::open_store_shared(settings).await {
         Ok(store) => store,
         // The directory is writable (checked above): there is simply no store yet.
         Err(StoreError::DataDir { .. }) => {
             return Finding::ok(format!(
-                "data directory {} is writable; no store in it yet (serve creates it)",
-                dir.display()
+                "data directory {place} is writable; no store in it yet (serve creates it)"
             ))
         }
         // These already say what to do (start this release's relay, or upgrade it).
         Err(e @ (StoreError::OlderSchema { .. } | StoreError::NewerSchema { .. })) => {
             return Finding::problem(e.to_string())
         }
-        Err(e) => {
-            return Finding::problem(format!(
-                "the store in {} cannot be opened: {e}",
-                dir.display()
-            ))
-        }
+        Err(e) => return Finding::problem(format!("the store in {place} cannot be opened: {e}")),
     };
     if let Err(e) = store.ping(TokioClock.wall_ms()).await {
         return Finding::problem(format!(
-            "the store in {} opens but cannot be written: {e}; check the disk and the \
-             directory's permissions",
-            dir.display()
+            "the store in {place} opens but cannot be written: {e}; check the disk (or the \
+             database's permissions)"
         ));
     }
     let figures = match store.stats().await {
@@ -121,8 +115,7 @@ async fn store(settings: &Settings) -> Finding {
         Err(e) => format!("queue figures unreadable: {e}"),
     };
     Finding::ok(format!(
-        "store in {} opens and is writable ({figures})",
-        dir.display()
+        "store in {place} opens and is writable ({figures})"
     ))
 }
 

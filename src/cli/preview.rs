@@ -177,7 +177,17 @@ fn build_report(
             settings.segment.max_body_bytes
         ));
     }
-    let (store, store_note) = open_store(&settings.data_dir);
+    let (store, store_note) = match settings.store.location() {
+        // The memory is read through SQLite's own connection; PostgreSQL's is not read here.
+        Some(location) => (
+            None,
+            Some(format!(
+                "emails remembered for userIds are unknown: preview does not read them from \
+                 {location}"
+            )),
+        ),
+        None => open_store(&settings.data_dir),
+    };
     let asked = std::cell::Cell::new(false);
     let remembered = |user: &str| {
         asked.set(true);

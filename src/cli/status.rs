@@ -1,6 +1,6 @@
 //! `status [--json] [--watch] [--sandbox]`: what a running relay is doing, read from its store.
 //!
-//! In: the data directory (secrets are not read). Out: the status `serve` saved last (every
+//! In: the configured store (the data directory, or `database_url`; other secrets are not read). Out: the status `serve` saved last (every
 //! 5 s), with the queue figures read afresh from the store, as text or JSON; with `--watch`,
 //! redrawn every 2 s with a bar toward an empty backlog, until Ctrl-C.
 //! Stays true: nothing here writes to the store; no email is printed (the status has none).
@@ -14,7 +14,7 @@ use clap::Args;
 use super::{config_failure, tool_settings};
 use crate::clock::{Clock, TokioClock};
 use crate::status::{queue_view, QueueView, StateView, Status};
-use crate::store::{QueueStats, SqliteStore, Store};
+use crate::store::{QueueStats, Store};
 
 /// A saved status older than this comes from a relay that is not running (it saves every 5 s).
 const STALE_AFTER_MS: i64 = 30_000;
@@ -49,7 +49,7 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };
-    let store = match SqliteStore::open_shared(&settings.data_dir) {
+    let store = match crate::app::open_store_shared(&settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -57,9 +57,9 @@ pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Ex
         }
     };
     let result = if args.watch {
-        watch(&store).await
+        watch(store.as_ref()).await
     } else {
-        read(&store).await.map(|r| print(&r, args.json))
+        read(store.as_ref()).await.map(|r| print(&r, args.json))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,9 @@ pub(crate) enum Kind {
     Duration,
     /// An HTTP verb for subscriber updates: `PUT` or `PATCH`.
     Verb,
+    /// A PostgreSQL URL: a secret (it holds the password: never quoted back, also read from
+    /// `<VARIABLE>_FILE`) that the tools still read, since reading the store is their job.
+    DatabaseUrl,
 }
 
 /// One setting: where it sits in the file and which variable sets it.
@@ -42,6 +45,8 @@ pub(crate) const SETTINGS: &[Setting] = &[
     row("metrics_listen", "RELAY_METRICS_LISTEN", Address),
     row("data_dir", "RELAY_DATA_DIR", Path),
     row("log_format", "RELAY_LOG_FORMAT", LogFormat),
+    row("store.database_url", "RELAY_DATABASE_URL", DatabaseUrl),
+    row("store.leader_lease", "RELAY_LEADER_LEASE", Duration),
     row("prosperstack.api_key", "PROSPERSTACK_API_KEY", Secret),
     row("prosperstack.api_url", "PROSPERSTACK_API_URL", Url),
     row(
@@ -178,7 +183,7 @@ impl Setting {
 
     /// The variable naming a file that holds the value (Kubernetes and Docker secrets).
     pub fn file_variable(&self) -> Option<String> {
-        (self.kind == Secret).then(|| format!("{}_FILE", self.env))
+        matches!(self.kind, Secret | DatabaseUrl).then(|| format!("{}_FILE", self.env))
     }
 }
 
@@ -215,6 +220,7 @@ impl Kind {
             Bool => "true or false",
             Duration => "a duration like 20s, 5m, 24h, 7d",
             Verb => "PUT or PATCH",
+            DatabaseUrl => "a PostgreSQL URL",
         }
     }
 
@@ -240,7 +246,7 @@ impl Kind {
                 )),
             },
             // A secret is taken byte for byte: trimming could turn a wrong one into a right one.
-            Secret => Ok(toml::Value::String(raw.to_owned())),
+            Secret | DatabaseUrl => Ok(toml::Value::String(raw.to_owned())),
             Address | Url | Path | LogFormat | Duration | Verb => {
                 Ok(toml::Value::String(text.to_owned()))
             }
@@ -252,6 +258,7 @@ impl Kind {
     pub fn refusal(self, given: &Given, detail: &str) -> String {
         let shown = match (self, given) {
             (Secret, _) | (_, Given::Hidden) => return detail.to_owned(),
+            (DatabaseUrl, _) => return format!("not a PostgreSQL URL ({detail})"),
             (_, Given::Text(text)) => format!("{text:?}"),
             (_, Given::Value(value)) => value.clone(),
         };

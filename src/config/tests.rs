@@ -307,7 +307,8 @@ fn bad_env_values_name_key_and_variable() {
         assert!(e.contains(&name), "{name}: {e}");
         assert!(!e.contains('\n'), "{e}");
         let quoted = e.contains("\"nope\"");
-        assert_eq!(quoted, setting.kind != Kind::Secret, "{e}");
+        let hidden = matches!(setting.kind, Kind::Secret | Kind::DatabaseUrl);
+        assert_eq!(quoted, !hidden, "{e}");
     }
 }
 
@@ -620,6 +621,7 @@ fn every_setting_reads_alike_from_file_and_env() {
             Kind::Bool => "false",
             Kind::Duration => "7m",
             Kind::Verb => "PATCH",
+            Kind::DatabaseUrl => "postgres://relay:pw@db.internal:5433/queue",
         };
         let value = setting.kind.to_toml(sample).unwrap();
         let f = toml_file(&file_line(setting.key, &value.to_string()));
@@ -709,4 +711,49 @@ fn example_file_documents_every_setting() {
     }
     let f = toml_file(&uncommented);
     Settings::load(Some(f.path()), &env_of(&[])).expect("the uncommented example is valid");
+}
+
+// ---- the store's settings ----
+
+/// A database URL is read from the environment or a `_FILE`, and is shown (settings' Debug,
+/// the store's location) and refused without its password; tools read it too.
+#[test]
+fn database_url_is_a_secret_the_tools_read() {
+    let url = "postgres://relay:s3cret@db.internal:5433/queue";
+    let s = with_key(&[("RELAY_DATABASE_URL", url)]).unwrap();
+    assert_eq!(s.store.database_url.as_ref().map(Secret::expose), Some(url));
+    assert!(!format!("{s:?}").contains("s3cret"));
+    assert_eq!(
+        s.store.location().as_deref(),
+        Some("postgres://relay@db.internal:5433/queue")
+    );
+    let f = toml_file(&format!("{url}\n"));
+    let path = f.path().display().to_string();
+    let tools =
+        Settings::load_without_secrets(None, &env_of(&[("RELAY_DATABASE_URL_FILE", &path)]))
+            .unwrap();
+    assert_eq!(
+        tools.store.database_url.as_ref().map(Secret::expose),
+        Some(url)
+    );
+    for bad in [
+        "postgres://relay:s3cret@db/queue?sslmode=require",
+        "postgres://relay:s3cret@db/queue?nosuchoption=1",
+    ] {
+        let e = refusal(&[("RELAY_DATABASE_URL", bad)]);
+        assert!(e.contains("store.database_url (RELAY_DATABASE_URL)"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}
+
+/// Without a database URL the store is SQLite in data_dir; the lease defaults to 10 s and
+/// cannot be shorter than a renewal round trip.
+#[test]
+fn leader_lease_default_and_floor() {
+    let s = with_key(&[]).unwrap();
+    assert!(s.store.database_url.is_none());
+    assert_eq!(s.store.location(), None);
+    assert_eq!(s.store.leader_lease, Duration::from_secs(10));
+    let e = refusal(&[("RELAY_LEADER_LEASE", "100ms")]);
+    assert!(e.contains("store.leader_lease (RELAY_LEADER_LEASE)"), "{e}");
 }

@@ -60,6 +60,7 @@ pub mod copy;
 mod lease;
 mod migrate;
 mod postgres;
+mod settings;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ use crate::identify::{Engage, Event};
 
 pub use lease::{sole_deliverer_lease, BudgetSnapshot, Lease};
 pub use postgres::PostgresStore;
+pub use settings::StoreSettings;
 pub use sqlite::SqliteStore;
 
 /// Tunables shared by every store.

@@ -100,7 +100,7 @@ impl PostgresStore {
         if config.get_ssl_mode() == SslMode::Require {
             return Err(StoreError::DatabaseUrl {
                 setting: URL_SETTING,
-                reason: "sslmode=require is not supported yet (this build has no TLS)".into(),
+                reason: NO_TLS.into(),
             });
         }
         if config.get_connect_timeout().is_none() {
@@ -131,6 +131,29 @@ impl PostgresStore {
         Ok(self.pool.get().await?)
     }
 }
+
+/// Whether `url` is one this store can connect with (not connecting): the reason if not, never
+/// quoting the URL.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let config = parse_url(url).map_err(|e| match e {
+        StoreError::DatabaseUrl { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(NO_TLS.into());
+    }
+    Ok(())
+}
+
+/// `url` as messages show it: user, hosts, port and database; never the password.
+pub(crate) fn display_location(url: &str) -> String {
+    parse_url(url).map_or_else(
+        |_| "(an unparsable PostgreSQL URL)".to_owned(),
+        |config| error::location(&config),
+    )
+}
+
+const NO_TLS: &str = "sslmode=require is not supported yet (this build has no TLS)";
 
 fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // The parser's messages name the option or position at fault, never the URL itself.
