@@ -97,7 +97,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Doctor => doctor::doctor(cli.config).await,
         Command::Preview(args) => preview::preview(cli.config, args).await,
         Command::Status(args) => status::status(cli.config, args).await,
-        Command::Store(args) => store_copy::store(args).await,
+        Command::Store(args) => store_copy::store(cli.config, args).await,
     }
 }
 

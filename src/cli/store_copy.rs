@@ -1,7 +1,9 @@
 //! `store copy --from DIR [--to URL]`: moves a SQLite data directory's state into PostgreSQL,
 //! for a deployment outgrowing one node (the rules: `store::copy`).
 //!
-//! In: the source directory, the target URL, the batch size. Out: progress lines on stderr
+//! In: the source directory; the target: `--to`, else the configured `database_url`
+//! (`RELAY_DATABASE_URL`, `RELAY_DATABASE_URL_FILE`, `[store] database_url`); the batch size.
+//! Out: progress lines on stderr
 //! (at most one a second per stage, and each stage's last), then a table (or JSON) of what was
 //! copied and what was already there on stdout. Exit 0 when everything is in the target, 1
 //! when a store refused or failed (rerunning finishes a copy cut short), 2 for a usage error.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
+use super::{config_failure, tool_settings};
 use crate::store::copy::{self, CopyReport, Progress, DEFAULT_BATCH};
 use crate::store::{SqliteStore, StoreError};
 
@@ -35,8 +38,9 @@ pub struct CopyArgs {
     /// The SQLite data directory to copy from; no relay may be running on it.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-    /// The PostgreSQL store to copy into (postgres://user:password@host:port/database). Prefer
-    /// the environment: a URL given here shows in the process list.
+    /// The PostgreSQL store to copy into (postgres://user:password@host:port/database); by
+    /// default the configured database_url (RELAY_DATABASE_URL or RELAY_DATABASE_URL_FILE),
+    /// which keeps the password out of the process list.
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
     /// Rows per transaction.
@@ -47,28 +51,69 @@ pub struct CopyArgs {
     pub json: bool,
 }
 
-pub(super) async fn store(args: StoreArgs) -> ExitCode {
+pub(super) async fn store(config_file: Option<PathBuf>, args: StoreArgs) -> ExitCode {
     match args.command {
-        StoreCommand::Copy(args) => store_copy(args).await,
+        StoreCommand::Copy(args) => store_copy(config_file, args).await,
     }
 }
 
-async fn store_copy(args: CopyArgs) -> ExitCode {
-    let Some(url) = args.to.as_deref().filter(|u| !u.is_empty()) else {
-        eprintln!("store copy: say where to copy to with --to");
-        return ExitCode::from(2);
+async fn store_copy(config_file: Option<PathBuf>, args: CopyArgs) -> ExitCode {
+    let url = match args.to.clone().filter(|u| !u.is_empty()) {
+        Some(url) => url,
+        None => match configured_url(config_file) {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                eprintln!(
+                    "store copy: say where to copy to: --to, or set RELAY_DATABASE_URL \
+                     (or RELAY_DATABASE_URL_FILE, or [store] database_url)"
+                );
+                return ExitCode::from(2);
+            }
+            Err(code) => return code,
+        },
     };
-    match run(&args, url).await {
+    eprintln!(
+        "copying {} into {}",
+        args.from.display(),
+        crate::store::copy::target_location(&url)
+    );
+    match run(&args, &url).await {
         Ok(report) => {
             print_report(&report, args.json);
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("store copy: {e}");
-            eprintln!("nothing half-done is left: rerun the same command to finish the copy");
+            if cut_short(&e) {
+                eprintln!(
+                    "the batches committed so far stay, and no batch is half-written: \
+                     run the same command again to finish the copy"
+                );
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the copy may have stopped part way (rather than refusing before it started).
+fn cut_short(e: &StoreError) -> bool {
+    !matches!(
+        e,
+        StoreError::DataDir { .. }
+            | StoreError::OlderSchema { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::DatabaseUrl { .. }
+    )
+}
+
+/// The configured `database_url`, read as the relay reads it (secrets other than it are not
+/// read); the exit code of a configuration that cannot be used.
+fn configured_url(config_file: Option<PathBuf>) -> Result<Option<String>, ExitCode> {
+    let settings = tool_settings(config_file.as_deref(), false).map_err(|e| config_failure(&e))?;
+    Ok(settings
+        .store
+        .database_url
+        .map(|url| url.expose().to_owned()))
 }
 
 async fn run(args: &CopyArgs, url: &str) -> Result<CopyReport, StoreError> {

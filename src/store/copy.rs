@@ -193,6 +193,11 @@ pub async fn open_target(url: &str) -> Result<PostgresStore, StoreError> {
     }
 }
 
+/// The target as messages show it: user, hosts, port and database, never the password.
+pub fn target_location(url: &str) -> String {
+    super::postgres::display_location(url)
+}
+
 /// Copies everything `source` holds into `target`, batch by batch, calling `progress` after
 /// each batch.
 pub async fn copy(

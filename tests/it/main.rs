@@ -15,6 +15,7 @@
 //! - [`doctor`]: `doctor` checks a setup against the sandbox in at most two requests.
 //! - [`preview`]: `preview` explains a payload against the sandbox's catalogue, sending nothing else.
 //! - [`quick_start`]: the README's quick start, twice in a row, delivers both times.
+//! - [`store_copy`]: a SQLite directory's backlog and dead letters copied into PostgreSQL, then delivered.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -32,5 +33,6 @@ mod preview;
 mod quick_start;
 mod relay;
 mod reliability;
+mod store_copy;
 mod update_verb;
 mod upgrade;
