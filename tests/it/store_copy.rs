@@ -8,8 +8,7 @@ use std::path::Path;
 
 use prosperstack_relay::identify;
 use prosperstack_relay::store::{
-    sole_deliverer_lease, DeadLetterCause, Incoming, JobOutcome, JobResult, SqliteStore, Store,
-    StoreOptions,
+    DeadLetterCause, Incoming, JobOutcome, JobResult, SqliteStore, Store, StoreOptions,
 };
 use serde_json::{json, Value};
 
@@ -53,7 +52,9 @@ impl Drop for TestSchema {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(run_sql(&server, &format!("DROP SCHEMA {name} CASCADE")));
+            // Bounded: a connection the stopped relay left open must not hold the test forever.
+            let drop = format!("SET lock_timeout = '10s'; DROP SCHEMA {name} CASCADE");
+            runtime.block_on(run_sql(&server, &drop));
         })
         .join();
     }
@@ -89,7 +90,11 @@ async fn sqlite_with_backlog(dir: &Path, queued: &[String], dead: &str) {
     events.push(identify_event("dead-1", dead, "Gold"));
     store.ingest(events, 1_000).await.expect("ingest");
     let job = store.job(dead).await.expect("job").expect("queued");
-    let lease = sole_deliverer_lease(&store, 1_500).await.expect("lease");
+    let lease = store
+        .acquire_lease("setup", std::time::Duration::from_secs(60), 1_500)
+        .await
+        .expect("acquire")
+        .expect("a fresh store's lease is free");
     let result = JobResult {
         email: dead.to_owned(),
         up_to_event_id: job.up_to_event_id(),
