@@ -5,10 +5,16 @@ The image cannot be built nor the manifests applied on the CI machine (no Docker
 cluster), and each linter sees one file at a time. This script checks what holds *between* them:
 the Dockerfile's user, ports, paths and health check against the build context and
 .dockerignore, the rendered Kubernetes objects against the Dockerfile and against each other,
-the ConfigMap's relay.toml against the relay's configuration keys, and compose.yaml against the
-image.
+the ConfigMap's relay.toml against the relay's configuration keys, and the compose files against
+the image.
 
-    check_deploy.py REPO_ROOT RENDERED_KUSTOMIZATION.yaml
+    check_deploy.py REPO_ROOT RENDERED_BASE.yaml [OVERLAY_DIR RENDERED_OVERLAY.yaml]...
+
+The base (deploy/kubernetes) must render one StatefulSet: one pod, its SQLite queue on a
+claimed volume. An overlay (deploy/kubernetes/overlays/NAME) may render a Deployment instead:
+several replicas on a database (RELAY_DATABASE_URL_FILE from a Secret), no claimed volume,
+rolled out without taking a replica away first, guarded by a PodDisruptionBudget. Both share
+the pod-level checks (user, probes, ports, resources, config, secrets as files).
 
 Prints one line per finding and exits 1 if there is any.
 """
@@ -30,11 +36,15 @@ except ImportError:  # Python < 3.11
 BINARY = "/usr/local/bin/prosperstack-relay"
 # The relay's TOML configuration keys (the binary rejects unknown keys).
 TOML_KEYS = {
-    "": {"listen", "data_dir", "prosperstack", "trait_mappings"},
+    "": {"listen", "data_dir", "prosperstack", "trait_mappings", "store"},
     "prosperstack": {"api_url", "rate_limit_requests", "rate_limit_window_secs"},
+    # database_url is a key too, but a secret: never in a ConfigMap (see check_toml).
+    "store": {"leader_lease"},
 }
 DEFAULT_DRAIN_SECS = 20
-FILE_SECRETS = ("PROSPERSTACK_API_KEY_FILE", "SEGMENT_SHARED_SECRET_FILE", "RELAY_INGEST_TOKEN_FILE")
+FILE_SECRETS = ("PROSPERSTACK_API_KEY_FILE", "SEGMENT_SHARED_SECRET_FILE", "RELAY_INGEST_TOKEN_FILE",
+                "RELAY_DATABASE_URL_FILE")
+SECRET_EXAMPLE = "secret.example.yaml"
 
 findings: list[str] = []
 
@@ -181,8 +191,13 @@ def check_toml(text: str, where: str, env: dict) -> None:
     except tomllib.TOMLDecodeError as e:
         check(False, where, f"relay.toml does not parse: {e}")
         return
+    check("database_url" not in cfg.get("store", {}), where,
+          "relay.toml [store] database_url holds a password: read it from a Secret "
+          "(RELAY_DATABASE_URL_FILE), not a ConfigMap")
     for table, allowed in TOML_KEYS.items():
         section = cfg.get(table, {}) if table else cfg
+        if table == "store":
+            section = {k: v for k, v in section.items() if k != "database_url"}
         unknown = set(section) - allowed
         check(not unknown, where, f"relay.toml [{table or 'top level'}] unknown keys {sorted(unknown)}")
     check(all(isinstance(v, str) for v in cfg.get("trait_mappings", {}).values()), where,
@@ -192,33 +207,52 @@ def check_toml(text: str, where: str, env: dict) -> None:
             check(cfg[key] == env[var], where, f"relay.toml {key} {cfg[key]!r} differs from {var}")
 
 
-def check_kubernetes(root: Path, rendered: Path, image: dict) -> None:
+def secret_examples(root: Path, kustomization: Path) -> dict:
+    """Secret name -> keys, from the base's secret.example.yaml and the kustomization's own."""
+    examples = {}
+    for path in dict.fromkeys((root / "deploy/kubernetes" / SECRET_EXAMPLE, kustomization / SECRET_EXAMPLE)):
+        if path.exists():
+            doc = yaml.safe_load(path.read_text())
+            examples[doc["metadata"]["name"]] = set(doc.get("stringData", {})) | set(doc.get("data", {}))
+    return examples
+
+
+def check_kubernetes(root: Path, rendered: Path, image: dict, kustomization: Path) -> None:
     docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
     objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    where = "kubernetes"
+    where = kustomization.relative_to(root).as_posix()
     check(not any(k == "Secret" for k, _ in objs), where,
           "the kustomization must not render a Secret (apply -k would overwrite the real one)")
-    sts = [d for d in docs if d["kind"] == "StatefulSet"]
-    if not check(len(sts) == 1, where, "expected exactly one StatefulSet"):
+    workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+    if not check(len(workloads) == 1, where, "expected exactly one StatefulSet or Deployment"):
         return
-    sts = sts[0]
-    where = f"StatefulSet/{sts['metadata']['name']}"
-    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
-    check(spec.get("replicas") == 1, where, "replicas must be 1 (the queue is a locked local database)")
-    svc = objs.get(("Service", spec.get("serviceName")))
-    check(svc is not None and svc["spec"].get("clusterIP") == "None", where,
-          "serviceName must name a headless Service of this kustomization")
+    workload = workloads[0]
+    where = f"{where}: {workload['kind']}/{workload['metadata']['name']}"
+    pod = workload["spec"]["template"]["spec"]
     containers = pod["containers"]
     if not check(len(containers) == 1, where, "expected one container"):
         return
     c = containers[0]
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     full_env = {**image["env"], **{k: v for k, v in env.items() if v is not None}}
-    check(not c.get("command"), where, "do not override the image's ENTRYPOINT (use args)")
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    if workload["kind"] == "StatefulSet":
+        check_single_pod(workload, objs, full_env, mounts, where)
+    else:
+        check_replicated(workload, objs, full_env, env, mounts, volumes, where)
+    check_pod(workload, objs, image, c, full_env, where)
+    check_files(env, full_env, mounts, volumes, objs, secret_examples(root, kustomization), where)
 
+
+def check_single_pod(sts: dict, objs: dict, full_env: dict, mounts: dict, where: str) -> None:
+    """The SQLite relay: one pod, its queue on a claimed volume."""
+    spec = sts["spec"]
+    check(spec.get("replicas") == 1, where, "replicas must be 1 (the queue is a locked local database)")
+    svc = objs.get(("Service", spec.get("serviceName")))
+    check(svc is not None and svc["spec"].get("clusterIP") == "None", where,
+          "serviceName must name a headless Service of this kustomization")
+    claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
     data_dir = full_env.get("RELAY_DATA_DIR")
     m = mounts.get(data_dir)
     check(m is not None and m["name"] in claims, where,
@@ -228,6 +262,44 @@ def check_kubernetes(root: Path, rendered: Path, image: dict) -> None:
         check("storage" in claim["spec"].get("resources", {}).get("requests", {}), where,
               "claim must request storage")
 
+
+def check_replicated(deploy: dict, objs: dict, full_env: dict, env: dict, mounts: dict,
+                     volumes: dict, where: str) -> None:
+    """Replicas on a database: no claimed volume, rollouts that never take a replica away
+    first, a PodDisruptionBudget that lets drains through one pod at a time."""
+    spec = deploy["spec"]
+    replicas = spec.get("replicas", 1)
+    check(replicas >= 2, where, "replicas must be 2 or more (one pod is what the base is for)")
+    check("RELAY_DATABASE_URL_FILE" in env, where,
+          "RELAY_DATABASE_URL_FILE must name the database URL's Secret file (replicas share a database)")
+    strategy = spec.get("strategy", {})
+    unavailable = strategy.get("rollingUpdate", {}).get("maxUnavailable")
+    check(strategy.get("type") == "RollingUpdate" and unavailable in (0, "0%"), where,
+          "strategy must be RollingUpdate with maxUnavailable 0 (a broken release must not take a replica)")
+    for name, vol in volumes.items():
+        check("persistentVolumeClaim" not in vol, where,
+              f"volume {name}: no claimed volume (the state is in the database)")
+    data = mounts.get(full_env.get("RELAY_DATA_DIR"))
+    if data is not None:
+        check("emptyDir" in volumes.get(data["name"], {}), where,
+              "RELAY_DATA_DIR may only be scratch (an emptyDir): nothing durable is kept there")
+    labels = spec["template"]["metadata"].get("labels", {})
+    budgets = [o for (k, _), o in objs.items() if k == "PodDisruptionBudget"
+               and all(labels.get(k2) == v for k2, v in o["spec"].get("selector", {})
+                       .get("matchLabels", {}).items())]
+    if check(len(budgets) == 1, where, "exactly one PodDisruptionBudget must select the replicas"):
+        pdb = budgets[0]["spec"]
+        allows = pdb.get("maxUnavailable", 0) not in (0, "0%") or (
+            isinstance(pdb.get("minAvailable"), int) and pdb["minAvailable"] < replicas)
+        check(allows, where, "the PodDisruptionBudget must let one replica go at a time (drains)")
+
+
+def check_pod(workload: dict, objs: dict, image: dict, c: dict, full_env: dict, where: str) -> None:
+    """What every relay pod needs: drain time, a non-root read-only container, probes, ports,
+    resources, Services and scraping that match."""
+    pod = workload["spec"]["template"]["spec"]
+    check(not c.get("command"), where, "do not override the image's ENTRYPOINT (use args)")
+    mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
     drain = seconds(full_env.get("RELAY_DRAIN_DEADLINE", f"{DEFAULT_DRAIN_SECS}s"))
     grace = pod.get("terminationGracePeriodSeconds", 30)
     check(grace >= drain + 5, where, f"terminationGracePeriodSeconds {grace} must exceed the {drain:g}s drain by 5s+")
@@ -259,7 +331,7 @@ def check_kubernetes(root: Path, rendered: Path, image: dict) -> None:
         except (KeyError, ValueError) as e:
             check(False, where, f"resources.requests/limits.{kind} missing or malformed ({e})")
 
-    labels = sts["spec"]["template"]["metadata"].get("labels", {})
+    labels = workload["spec"]["template"]["metadata"].get("labels", {})
     for (kind, name), obj in objs.items():
         if kind != "Service":
             continue
@@ -271,13 +343,18 @@ def check_kubernetes(root: Path, rendered: Path, image: dict) -> None:
             check(target in ports or target in ports.values(), f"Service/{name}",
                   f"targetPort {target!r} is no container port")
 
-    ann = sts["spec"]["template"]["metadata"].get("annotations", {})
+    ann = workload["spec"]["template"]["metadata"].get("annotations", {})
     if ann.get("prometheus.io/scrape") == "true":
         metrics = full_env.get("RELAY_METRICS_LISTEN")
         mport = port_of(metrics) if metrics else listen
         check(ann.get("prometheus.io/port") == str(mport) and mport in ports.values(), where,
               f"prometheus.io/port must be the metrics port {mport}, declared as a containerPort")
 
+
+def check_files(env: dict, full_env: dict, mounts: dict, volumes: dict, objs: dict,
+                examples: dict, where: str) -> None:
+    """RELAY_CONFIG is a mounted ConfigMap's valid relay.toml; each *_FILE secret is a key of a
+    mounted Secret shown in a secret.example.yaml, and never also a plain env value."""
     def mounted_volume(path: str):
         for mp, mnt in mounts.items():
             if path.startswith(mp.rstrip("/") + "/"):
@@ -292,15 +369,13 @@ def check_kubernetes(root: Path, rendered: Path, image: dict) -> None:
                  f"RELAY_CONFIG {config_path} is not a key of a mounted ConfigMap of this kustomization"):
             check_toml(cm["data"][key], f"ConfigMap/{cm['metadata']['name']}", full_env)
 
-    example = yaml.safe_load((root / "deploy/kubernetes/secret.example.yaml").read_text())
-    example_keys = set(example.get("stringData", {})) | set(example.get("data", {}))
     for var in FILE_SECRETS:
         if var not in env:
             continue
         vol, key = mounted_volume(env[var])
-        secret = (vol or {}).get("secret", {})
-        check(secret.get("secretName") == example["metadata"]["name"] and key in example_keys, where,
-              f"{var} must point at a key of the mounted Secret shown in secret.example.yaml")
+        name = (vol or {}).get("secret", {}).get("secretName")
+        check(name in examples and key in examples[name], where,
+              f"{var} must point at a key of a mounted Secret shown in a {SECRET_EXAMPLE}")
         check(var.removesuffix("_FILE") not in env, where, f"{var.removesuffix('_FILE')} must not be a plain env value")
 
 
@@ -341,12 +416,54 @@ def check_compose(root: Path, image: dict) -> None:
     check(grace > DEFAULT_DRAIN_SECS, where, f"relay: stop_grace_period must exceed the {DEFAULT_DRAIN_SECS}s drain")
 
 
+def check_compose_postgres(root: Path, image: dict) -> None:
+    """compose.postgres.yaml: two or more relays (services running `serve`) sharing the
+    PostgreSQL service of the file, none of them with a volume of its own for the queue."""
+    path = root / "deploy/compose.postgres.yaml"
+    where = "deploy/compose.postgres.yaml"
+    if not path.exists():
+        return
+    doc = yaml.safe_load(path.read_text())
+    services = doc.get("services", {})
+    relays = {n: s for n, s in services.items() if s.get("command") == ["serve"]}
+    databases = {n for n, s in services.items() if str(s.get("image", "")).startswith("postgres:")}
+    check(len(relays) >= 2, where, "two or more relay services (command [serve]) expected")
+    if not check(len(databases) == 1, where, "one PostgreSQL service (image postgres:…) expected"):
+        return
+    database = databases.pop()
+    check("healthcheck" in services[database], where, f"{database}: needs a healthcheck (relays wait for it)")
+    data_dir = image["env"].get("RELAY_DATA_DIR")
+    published = []
+    for name, svc in relays.items():
+        env = svc.get("environment", {})
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        url = env.get("RELAY_DATABASE_URL", "")
+        host = re.sub(r"^postgres(ql)?://([^@/]*@)?", "", url).split(":")[0].split("/")[0]
+        check("RELAY_DATABASE_URL_FILE" in env or host == database, where,
+              f"{name}: RELAY_DATABASE_URL must name the {database} service (or use RELAY_DATABASE_URL_FILE)")
+        depends = svc.get("depends_on", {})
+        check(isinstance(depends, dict) and depends.get(database, {}).get("condition") == "service_healthy",
+              where, f"{name}: must depend on {database} with condition service_healthy")
+        data = env.get("RELAY_DATA_DIR", data_dir)
+        check(not any(isinstance(v, str) and v.split(":")[1:2] == [data] for v in svc.get("volumes", [])),
+              where, f"{name}: no volume at {data}: the queue is in the database")
+        grace = seconds(str(svc.get("stop_grace_period", "10s")))
+        check(grace > DEFAULT_DRAIN_SECS, where, f"{name}: stop_grace_period must exceed the {DEFAULT_DRAIN_SECS}s drain")
+        published += [str(p).rsplit(":", 1)[0] for p in svc.get("ports", [])]
+    check(len(published) == len(set(published)), where, "relays must publish distinct host ports")
+
+
 def main() -> int:
     root, rendered = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    overlays = list(zip(sys.argv[3::2], sys.argv[4::2]))
     image = check_dockerfile(root)
     if image["uid"] is not None:
-        check_kubernetes(root, rendered, image)
+        check_kubernetes(root, rendered, image, root / "deploy/kubernetes")
+        for directory, overlay in overlays:
+            check_kubernetes(root, Path(overlay), image, (root / directory).resolve())
         check_compose(root, image)
+        check_compose_postgres(root, image)
     for f in findings:
         print(f"  finding: {f}")
     return 1 if findings else 0

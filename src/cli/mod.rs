@@ -13,6 +13,7 @@
 //! - [`preview`]: `preview` shows how a payload would map, sending nothing;
 //! - [`status`]: `status` shows what a running relay is doing, from its store;
 //! - [`import`]: `import` queues history from files (Segment exports, CSV) behind live events.
+//! - [`store_copy`]: `store copy` moves a SQLite data directory into PostgreSQL.
 //!
 //! (The benchmarks are their own binary, `crates/relay-bench`.)
 //!
@@ -28,6 +29,7 @@ mod import;
 mod preview;
 mod serve;
 mod status;
+mod store_copy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,7 @@ pub use import::ImportArgs;
 pub use preview::PreviewArgs;
 pub use serve::{termination_signal, SandboxArgs, ServeArgs};
 pub use status::StatusArgs;
+pub use store_copy::{CopyArgs, StoreArgs, StoreCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,6 +88,8 @@ pub enum Command {
     /// Queue history from files (a Segment export as NDJSON or a JSON array, or a CSV with an
     /// email column and one column per trait) behind live events, then follow its delivery.
     Import(ImportArgs),
+    /// Move a store's contents between backends (`store copy`: SQLite into PostgreSQL).
+    Store(StoreArgs),
 }
 
 /// Runs the parsed command line.
@@ -99,6 +104,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Preview(args) => preview::preview(cli.config, args).await,
         Command::Status(args) => status::status(cli.config, args).await,
         Command::Import(args) => import::import(cli.config, args).await,
+        Command::Store(args) => store_copy::store(cli.config, args).await,
     }
 }
 
@@ -191,5 +197,7 @@ mod tests {
         assert!(
             Cli::try_parse_from(["p", "dead-letters", "purge", "--older-than", "soon"]).is_err()
         );
+        assert!(Cli::try_parse_from(["p", "store", "copy", "--from", "d", "--to", "u"]).is_ok());
+        assert!(Cli::try_parse_from(["p", "store", "copy", "--to", "u"]).is_err());
     }
 }

@@ -747,7 +747,7 @@ fn database_url_is_a_secret_the_tools_read() {
     assert!(!format!("{s:?}").contains("s3cret"));
     assert_eq!(
         s.store.location().as_deref(),
-        Some("postgres://relay@db.internal:5433/queue")
+        Some("postgres://db.internal:5433/queue (user relay)")
     );
     let f = toml_file(&format!("{url}\n"));
     let path = f.path().display().to_string();

@@ -35,10 +35,10 @@ macro_rules! contract {
     };
 }
 
-mod backends;
+pub(super) mod backends;
 mod lanes;
 mod lease;
 mod postgres_only;
 mod queue;
 mod schema;
-mod support;
+pub(super) mod support;

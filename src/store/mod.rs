@@ -62,6 +62,7 @@
 //!   forgotten once its window has passed. Times in it are durations, for the same clock reason.
 
 mod codec;
+pub mod copy;
 mod lease;
 mod migrate;
 mod postgres;

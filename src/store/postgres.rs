@@ -48,6 +48,7 @@ use super::{
 use crate::clock::millis;
 
 mod error;
+mod import;
 mod lease;
 mod queue;
 mod read;

@@ -29,9 +29,12 @@ use super::{
 use crate::clock::millis;
 use crate::identify::{self, Engage, Event, IdentifyUpdate};
 
+mod export;
 mod lease;
 mod schema;
 mod tools;
+
+pub use export::Export;
 
 /// The schema's steps, for the contract's schema cases.
 #[cfg(test)]

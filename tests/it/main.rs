@@ -22,6 +22,7 @@
 //! - [`tracking`]: the Tracking API endpoints (`/v1/batch`, …): write keys, basic auth, gzip.
 //! - [`replicas`]: two real `serve` processes on one PostgreSQL database: failover, rolling
 //!   restart, the database cut off, one messageId posted to both (skipped without a server).
+//! - [`store_copy`]: a SQLite directory's backlog and dead letters copied into PostgreSQL, then delivered.
 //! - [`update_verb`]: a relay on `PUT` against an API that takes only `PATCH` loses nothing.
 //! - [`common`]: the harness they share.
 
@@ -44,6 +45,7 @@ mod quick_start;
 mod relay;
 mod reliability;
 mod replicas;
+mod store_copy;
 mod tracking;
 mod update_verb;
 mod upgrade;

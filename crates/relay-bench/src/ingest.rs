@@ -57,6 +57,17 @@ pub struct IngestArgs {
     /// A relay setting for this run, by its environment name (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// Compare stores instead, side by side: sqlite, postgres (one replica), postgres-N (N
+    /// replicas on one database), comma-separated. See `ingest_stores.rs`.
+    #[arg(long, value_delimiter = ',', value_name = "STORE,...")]
+    pub stores: Vec<super::ingest_stores::StoreChoice>,
+    /// Events per request of the batched run (with --stores).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// The PostgreSQL server for --stores postgres… (each configuration gets a schema of its
+    /// own, dropped afterwards).
+    #[arg(long, env = "RELAY_TEST_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,7 +105,7 @@ pub struct IngestReport {
 }
 
 /// A single Identify, unique per `n` (messageId and email), shaped like `identify-basic.json`.
-fn identify_body(n: u64) -> String {
+pub(super) fn identify_body(n: u64) -> String {
     format!(
         concat!(
             r#"{{"type":"identify","userId":"usr_load_{n}","#,

@@ -132,11 +132,25 @@ pub async fn closed_loop(
     body: BodyMaker,
     seq: Arc<AtomicU64>,
 ) -> LoadResult {
+    closed_loop_over(http, &[url.to_owned()], connections, duration, body, seq).await
+}
+
+/// [`closed_loop`] spread over several servers (replicas behind a load balancer): connection
+/// `i` talks to `urls[i % urls.len()]`.
+pub async fn closed_loop_over(
+    http: &reqwest::Client,
+    urls: &[String],
+    connections: usize,
+    duration: Duration,
+    body: BodyMaker,
+    seq: Arc<AtomicU64>,
+) -> LoadResult {
     let start = Instant::now();
     let end = start + duration;
     let tasks: Vec<_> = (0..connections.max(1))
-        .map(|_| {
-            let (http, url, body, seq) = (http.clone(), url.to_owned(), body.clone(), seq.clone());
+        .map(|i| {
+            let url = urls[i % urls.len().max(1)].clone();
+            let (http, body, seq) = (http.clone(), body.clone(), seq.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(65_536);
                 let mut errors = 0u64;
@@ -174,6 +188,20 @@ pub async fn open_loop(
     seq: Arc<AtomicU64>,
     origin: Instant,
 ) -> LoadResult {
+    let urls = [url.to_owned()];
+    open_loop_over(http, &urls, rate, duration, body, seq, origin).await
+}
+
+/// [`open_loop`] spread over several servers: request `k` goes to `urls[k % urls.len()]`.
+pub async fn open_loop_over(
+    http: &reqwest::Client,
+    urls: &[String],
+    rate: u32,
+    duration: Duration,
+    body: BodyMaker,
+    seq: Arc<AtomicU64>,
+    origin: Instant,
+) -> LoadResult {
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let results = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new(), 0u64)));
@@ -188,7 +216,7 @@ pub async fn open_loop(
         };
         let (http, url, body, seq, results) = (
             http.clone(),
-            url.to_owned(),
+            urls[k as usize % urls.len().max(1)].clone(),
             body.clone(),
             seq.clone(),
             results.clone(),

@@ -12,7 +12,8 @@
 //! and in time. Files: `engage_sync.rs` (requests spent against the floor), `diagnosis.rs`
 //! (where the requests above it went), `naive.rs` (the
 //! look-up-then-update baseline it is compared with), `workload.rs` (the Engage audience
-//! workload), `ingest.rs` and `load.rs` (ingest throughput and latency), `memory.rs` (resident
+//! workload), `ingest.rs` and `load.rs` (ingest throughput and latency; `ingest_stores.rs`, the
+//! same by store, SQLite against PostgreSQL with one or more replicas), `memory.rs` (resident
 //! memory with a large queue), `harness.rs` (starting sandbox and relay, temp dirs),
 //! `recorder.rs` (the sandbox's request log), `import_lane.rs` (a live update's delay in the
 //! middle of an import), `measure.rs` (targets, run info, thread figures),
@@ -25,6 +26,7 @@ mod fuzz;
 mod harness;
 mod import_lane;
 mod ingest;
+mod ingest_stores;
 mod load;
 mod measure;
 mod memory;
@@ -93,6 +95,9 @@ async fn run(args: BenchArgs) -> ExitCode {
     let mut found_bugs = false;
     let result = match args.which {
         Benchmark::EngageSync(a) => engage_sync::run(a).await.map(|r| emit(&r, args.json)),
+        Benchmark::Ingest(a) if !a.stores.is_empty() => {
+            ingest_stores::run(a).await.map(|r| emit(&r, args.json))
+        }
         Benchmark::Ingest(a) => ingest::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::Memory(a) => memory::run(a).await.map(|r| emit(&r, args.json)),
         Benchmark::WalkCost(a) => walk_cost::run(a).await.map(|r| emit(&r, args.json)),
@@ -164,6 +169,8 @@ mod tests {
         assert!(args.json);
         assert!(matches!(args.which, Benchmark::EngageSync(_)));
         assert!(BenchArgs::try_parse_from(["b", "ingest", "--seconds", "3", "--json"]).is_ok());
+        let stores = ["b", "ingest", "--stores", "sqlite,postgres,postgres-2"];
+        assert!(BenchArgs::try_parse_from(stores).is_ok());
         assert!(BenchArgs::try_parse_from(["b", "memory", "--events", "1000"]).is_ok());
         assert!(
             BenchArgs::try_parse_from(["b", "engage-sync", "--set", "A=b", "--set", "C=d"]).is_ok()

