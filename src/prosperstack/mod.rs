@@ -232,19 +232,11 @@ impl Client {
         &self,
         email: &str,
     ) -> Result<Option<Subscriber>, ApiError> {
-        let mut url = self.url(&["subscribers"]);
-        url.query_pairs_mut()
-            .append_pair("email", email)
-            .append_pair("limit", "1");
-        let page: Page<Subscriber> = self.fetch(LIST_SUBSCRIBERS, self.http.get(url)).await?;
-        let returned = page.data.len();
-        let found = page
-            .data
-            .into_iter()
-            .find(|s| s.email.trim().eq_ignore_ascii_case(email.trim()));
-        if found.is_none() && returned > 0 {
-            tracing::warn!("ProsperStack answered an email look-up with a different subscriber");
-        }
+        let found = self
+            .find_one("email", email, |s| {
+                s.email.trim().eq_ignore_ascii_case(email.trim())
+            })
+            .await?;
         let subscriber = crate::telemetry::email_tag(email);
         tracing::debug!(%subscriber, found = found.is_some(), "subscriber look-up");
         Ok(found)
@@ -257,22 +249,36 @@ impl Client {
         &self,
         platform_id: &str,
     ) -> Result<Option<Subscriber>, ApiError> {
+        let found = self
+            .find_one("platform_id", platform_id, |s| {
+                s.platform_id.as_deref() == Some(platform_id)
+            })
+            .await?;
+        tracing::debug!(found = found.is_some(), "subscriber look-up by platform ID");
+        Ok(found)
+    }
+
+    /// `GET /v1/subscribers?<filter>=<value>&limit=1`, keeping the subscriber only if `is_it`
+    /// says it is the one asked for.
+    async fn find_one(
+        &self,
+        filter: &str,
+        value: &str,
+        is_it: impl Fn(&Subscriber) -> bool,
+    ) -> Result<Option<Subscriber>, ApiError> {
         let mut url = self.url(&["subscribers"]);
         url.query_pairs_mut()
-            .append_pair("platform_id", platform_id)
+            .append_pair(filter, value)
             .append_pair("limit", "1");
         let page: Page<Subscriber> = self.fetch(LIST_SUBSCRIBERS, self.http.get(url)).await?;
         let returned = page.data.len();
-        let found = page
-            .data
-            .into_iter()
-            .find(|s| s.platform_id.as_deref() == Some(platform_id));
+        let found = page.data.into_iter().find(|s| is_it(s));
         if found.is_none() && returned > 0 {
             tracing::warn!(
-                "ProsperStack answered a platform ID look-up with a different subscriber"
+                filter,
+                "ProsperStack answered a subscriber look-up with a different subscriber"
             );
         }
-        tracing::debug!(found = found.is_some(), "subscriber look-up by platform ID");
         Ok(found)
     }
 
