@@ -248,9 +248,16 @@ fn csv_event(
     id: usize,
     time_ms: i64,
 ) -> Result<Value, String> {
-    let email = record.get(id).unwrap_or_default();
+    let email = record.get(id).unwrap_or_default().trim();
     if email.is_empty() {
         return Err(format!("the `{}` column is empty", &headers[id]));
+    }
+    // Known at reading time, so a dry run reports it too (the store would refuse it anyway).
+    if !email.contains('@') {
+        return Err(format!(
+            "the `{}` column holds no email address",
+            &headers[id]
+        ));
     }
     let mut traits = Map::new();
     for (i, (name, value)) in headers.iter().zip(record.iter()).enumerate() {

@@ -117,6 +117,18 @@ fn csv_rows_become_identifies() {
 }
 
 /// A CSV without the id column is refused whole, naming the columns it has.
+/// A cell that cannot be an email is refused when the file is read, so a dry run says so.
+#[test]
+fn csv_id_without_an_at_is_rejected() {
+    let text = "email,plan\nn/a,pro\n dee@x.io ,pro\n";
+    let rows = read_rows(text, Format::Csv, &options()).expect("rows");
+    assert!(rows[0]
+        .event
+        .as_ref()
+        .is_err_and(|e| e.contains("`email` column holds no email address")));
+    assert!(rows[1].event.is_ok());
+}
+
 #[test]
 fn csv_without_the_id_column() {
     let err = read_rows("mail,plan\na@x.io,pro\n", Format::Csv, &options()).expect_err("refused");
