@@ -13,6 +13,13 @@
 //! re-sent copies. Drain ends when every value is `true` in the sandbox and the relay's queue is
 //! empty (read from its store). A recorder in front of the sandbox logs each request's time, kind
 //! and subscriber, so extra requests can be traced to their cause.
+//!
+//! `--replicas N` (N > 1) or `--database-url`: the store is PostgreSQL, a fresh schema per run
+//! (dropped after), and N relays in this process share it and the sandbox, as replicas behind a
+//! load balancer would; batch `i` goes to replica `i mod N`. Which replica led (its
+//! `relay_leader` gauge, sampled twice a second) and what each spent upstream is reported beside
+//! the same figures. The environment's `RELAY_TEST_DATABASE_URL` stands in for `--database-url`
+//! only when N > 1, so the default run stays the one-relay SQLite run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,11 +31,12 @@ use serde::Serialize;
 
 use super::diagnosis::{diagnose, Diagnosis};
 use super::harness::{relay_settings, scrape, start_sandbox, temp_dir, RunningRelay};
+use super::ingest_stores::Schema;
 use super::measure::{RunInfo, Target};
 use super::naive::{self, KindCounts, NaiveRun};
 use super::workload::{Spec, Workload, AUDIENCES};
 use super::{BenchError, Report};
-use prosperstack_relay::store::{SqliteStore, Store};
+use prosperstack_relay::store::{PostgresStore, SqliteStore, Store};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngageArgs {
@@ -74,6 +82,26 @@ pub struct EngageArgs {
     /// Give up waiting for the drain after this many seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// Relays sharing one PostgreSQL store (more than 1 needs a database URL); the batches are
+    /// spread round-robin over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub replicas: u16,
+    /// PostgreSQL server for the store (a fresh schema per run); given, even one replica uses
+    /// PostgreSQL. Unset with `--replicas` above 1: `RELAY_TEST_DATABASE_URL`.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+impl EngageArgs {
+    /// The PostgreSQL server to run on, or `None` for the one-relay SQLite run.
+    fn postgres_server(&self) -> Option<String> {
+        let given = self.database_url.clone().filter(|u| !u.is_empty());
+        if given.is_some() || self.replicas <= 1 {
+            return given;
+        }
+        // Schema::create names the missing URL when this is empty.
+        Some(std::env::var("RELAY_TEST_DATABASE_URL").unwrap_or_default())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +177,43 @@ pub struct RelayRun {
     pub requests_after_drain: u64,
     pub diagnosis: Diagnosis,
     pub relay_metrics: BTreeMap<String, u64>,
+    /// The store when it is PostgreSQL ("PostgreSQL, N replicas"); absent for SQLite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Per replica, on PostgreSQL: who led and what each spent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaFigures>,
+    /// Changes of leader seen across the samples (0: one replica led throughout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_changes: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReplicaFigures {
+    /// Batches posted to this replica.
+    pub batches: usize,
+    /// Samples (every 500 ms from the first post until the drain settled) in which its
+    /// `relay_leader` gauge was 1.
+    pub led_samples: u64,
+    pub samples: u64,
+    pub leader_at_end: bool,
+    pub upstream_requests: u64,
+    pub updates_sent: u64,
+}
+
+/// The relays' queue, read as the drain check needs it.
+enum Queue {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Queue {
+    async fn events(&self) -> Result<u64, BenchError> {
+        Ok(match self {
+            Queue::Sqlite(s) => s.stats().await?.events,
+            Queue::Postgres(s) => s.stats().await?.events,
+        })
+    }
 }
 
 pub async fn run(args: EngageArgs) -> Result<EngageReport, BenchError> {
@@ -251,22 +316,56 @@ async fn relay_run(
     limit: (u32, Duration),
     floor: &Floor,
 ) -> Result<RelayRun, BenchError> {
+    let schema = match args.postgres_server() {
+        Some(server) => Some(Schema::create(Some(&server)).await?),
+        None => None,
+    };
+    let run = relay_run_on(args, workload, limit, floor, schema.as_ref()).await;
+    if let Some(schema) = schema {
+        schema.drop_it().await;
+    }
+    run
+}
+
+async fn relay_run_on(
+    args: &EngageArgs,
+    workload: &Workload,
+    limit: (u32, Duration),
+    floor: &Floor,
+    schema: Option<&Schema>,
+) -> Result<RelayRun, BenchError> {
     let origin = Instant::now();
     let sandbox = start_sandbox(limit.0, limit.1, origin).await?;
     workload.install(&sandbox.sandbox)?;
-    let dir = temp_dir("engage", None)?;
-    let settings = relay_settings(&sandbox.url, dir.path(), limit, &args.set)?;
-    let relay = RunningRelay::start(settings).await?;
-    let store = SqliteStore::open_shared(dir.path())?;
+    let replicas = usize::from(args.replicas.max(1));
+    let mut set = args.set.clone();
+    if let Some(schema) = schema {
+        set.push(format!("RELAY_DATABASE_URL={}", schema.url));
+        eprintln!("engage-sync: PostgreSQL, {replicas} replica(s), a fresh schema");
+    }
+    let mut dirs = Vec::new();
+    let mut relays = Vec::new();
+    for _ in 0..replicas {
+        let dir = temp_dir("engage", None)?;
+        let settings = relay_settings(&sandbox.url, dir.path(), limit, &set)?;
+        relays.push(RunningRelay::start(settings).await?);
+        dirs.push(dir);
+    }
+    let store = match schema {
+        Some(schema) => Queue::Postgres(PostgresStore::connect_shared(&schema.url).await?),
+        None => Queue::Sqlite(SqliteStore::open_shared(dirs[0].path())?),
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let urls: Vec<String> = relays.iter().map(|r| r.url.clone()).collect();
+    let sampler = (schema.is_some()).then(|| LeaderSampler::start(&http, &urls));
 
     let batches = workload.batches(args.batch);
     let start = origin.elapsed();
     let pace =
         (args.post_rate > 0.0).then(|| Duration::from_secs_f64(args.batch as f64 / args.post_rate));
-    let posted = post_all(&http, &relay.url, &batches, args.concurrency, pace, origin).await;
+    let posted = post_all(&http, &urls, &batches, args.concurrency, pace, origin).await;
     let ingest_end = posted.iter().map(|p| p.acked).max().unwrap_or(start);
     eprintln!(
         "engage-sync: ingest done in {:.2} s; waiting for the drain…",
@@ -281,7 +380,7 @@ async fn relay_run(
     let mut last_note = Instant::now();
     while origin.elapsed() - start < deadline {
         present = workload.values_present(&sandbox.sandbox);
-        if present == expected && store.stats().await?.events == 0 {
+        if present == expected && store.events().await? == 0 {
             drained_at = Some(origin.elapsed());
             break;
         }
@@ -299,8 +398,23 @@ async fn relay_run(
     // Settle: anything the relay still spends after the drain is waste too.
     tokio::time::sleep(limit.1 * 2 + Duration::from_secs(1)).await;
     let log = sandbox.recorder.snapshot();
-    let metrics_text = scrape(&http, &relay.url).await.unwrap_or_default();
-    relay.stop().await;
+    let mut texts = Vec::new();
+    for url in &urls {
+        texts.push(scrape(&http, url).await.unwrap_or_default());
+    }
+    let metrics_text = texts.join("\n");
+    let samples = match sampler {
+        Some(sampler) => Some(sampler.stop().await),
+        None => None,
+    };
+    drop(store);
+    for relay in relays {
+        relay.stop().await;
+    }
+    let replica_figures = match &samples {
+        Some(samples) => replica_figures(&texts, samples, batches.len()),
+        None => Vec::new(),
+    };
 
     let requests = KindCounts::from_log(&log);
     let stats = sandbox.sandbox.stats();
@@ -334,14 +448,96 @@ async fn relay_run(
         diagnosis: diagnose(&log, workload, &batches, &posted, &ids, start, ingest_end),
         relay_metrics: relay_metrics(&metrics_text),
         requests,
+        store: schema.map(|_| match replicas {
+            1 => "PostgreSQL, 1 replica".to_owned(),
+            n => format!("PostgreSQL, {n} replicas"),
+        }),
+        leader_changes: samples.as_ref().map(|s| s.changes),
+        replicas: replica_figures,
     })
 }
 
-/// Posts every batch from `concurrency` tasks, batch `i` not before `i × pace` when paced; a
-/// batch answered 5xx or not at all is retried (as Segment would) up to 5 times.
+/// Who led, sample by sample: each replica's `relay_leader` gauge every 500 ms.
+struct LeaderSampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<LeaderSamples>,
+}
+
+#[derive(Debug, Default)]
+struct LeaderSamples {
+    led: Vec<u64>,
+    samples: u64,
+    changes: u64,
+}
+
+impl LeaderSampler {
+    fn start(http: &reqwest::Client, urls: &[String]) -> LeaderSampler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (http, urls, halt) = (http.clone(), urls.to_vec(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut s = LeaderSamples {
+                led: vec![0; urls.len()],
+                ..LeaderSamples::default()
+            };
+            let mut last: Option<Vec<bool>> = None;
+            while !halt.is_cancelled() {
+                let mut now = Vec::with_capacity(urls.len());
+                for (i, url) in urls.iter().enumerate() {
+                    let text = scrape(&http, url).await.unwrap_or_default();
+                    let leading =
+                        prosperstack_relay::metrics::sum_series(&text, "relay_leader") > 0;
+                    s.led[i] += u64::from(leading);
+                    now.push(leading);
+                }
+                s.samples += 1;
+                if last.as_ref().is_some_and(|l| *l != now) {
+                    s.changes += 1;
+                }
+                last = Some(now);
+                tokio::select! {
+                    _ = halt.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            s
+        });
+        LeaderSampler { stop, task }
+    }
+
+    async fn stop(self) -> LeaderSamples {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Per replica: batches it was posted (round-robin), leadership, and what it spent upstream.
+fn replica_figures(
+    texts: &[String],
+    samples: &LeaderSamples,
+    batches: usize,
+) -> Vec<ReplicaFigures> {
+    let n = texts.len().max(1);
+    let sum = prosperstack_relay::metrics::sum_series;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| ReplicaFigures {
+            batches: batches / n + usize::from(i < batches % n),
+            led_samples: samples.led.get(i).copied().unwrap_or(0),
+            samples: samples.samples,
+            leader_at_end: sum(text, "relay_leader") > 0,
+            upstream_requests: sum(text, "relay_upstream_requests_total"),
+            updates_sent: sum(text, "relay_updates_sent_total"),
+        })
+        .collect()
+}
+
+/// Posts every batch from `concurrency` tasks, batch `i` to relay `i mod urls.len()` and not
+/// before `i × pace` when paced; a batch answered 5xx or not at all is retried (as Segment
+/// would) up to 5 times.
 async fn post_all(
     http: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     batches: &[(Vec<usize>, String)],
     concurrency: usize,
     pace: Option<Duration>,
@@ -351,15 +547,16 @@ async fn post_all(
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(vec![Posted::default(); batches.len()]));
     let bodies: Arc<Vec<String>> = Arc::new(batches.iter().map(|(_, b)| b.clone()).collect());
-    let endpoint = format!("{url}/v1/segment");
+    let endpoints: Arc<Vec<String>> =
+        Arc::new(urls.iter().map(|u| format!("{u}/v1/segment")).collect());
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (http, next, results, bodies, endpoint) = (
+            let (http, next, results, bodies, endpoints) = (
                 http.clone(),
                 next.clone(),
                 results.clone(),
                 bodies.clone(),
-                endpoint.clone(),
+                endpoints.clone(),
             );
             tokio::spawn(async move {
                 loop {
@@ -368,7 +565,8 @@ async fn post_all(
                     if let Some(pace) = pace {
                         tokio::time::sleep_until(start + pace.mul_f64(i as f64)).await;
                     }
-                    let posted = post_one(&http, &endpoint, body, origin).await;
+                    let endpoint = &endpoints[i % endpoints.len()];
+                    let posted = post_one(&http, endpoint, body, origin).await;
                     results.lock().unwrap_or_else(|p| p.into_inner())[i] = posted;
                 }
             })
@@ -596,5 +794,27 @@ impl EngageReport {
             "sandbox by route: {:?}; answers other than 2xx: {}",
             r.by_route, r.requests.failed
         );
+        if let Some(store) = &r.store {
+            println!(
+                "store: {store}; leader changes seen: {}",
+                r.leader_changes.unwrap_or(0)
+            );
+            for (i, p) in r.replicas.iter().enumerate() {
+                println!(
+                    "  replica {i}: {} batches posted; led {}/{} samples{}; {} upstream requests, \
+                     {} updates sent",
+                    p.batches,
+                    p.led_samples,
+                    p.samples,
+                    if p.leader_at_end {
+                        ", leader at the end"
+                    } else {
+                        ""
+                    },
+                    p.upstream_requests,
+                    p.updates_sent
+                );
+            }
+        }
     }
 }

@@ -115,7 +115,7 @@ async fn measure(args: &IngestArgs, choice: StoreChoice) -> Result<StoreRow, Ben
     let paused = (1, Duration::from_secs(3600));
     let sandbox = start_sandbox(paused.0, paused.1, Instant::now()).await?;
     let schema = match choice {
-        StoreChoice::Postgres { .. } => Some(Schema::create(args).await?),
+        StoreChoice::Postgres { .. } => Some(Schema::create(args.database_url.as_deref()).await?),
         StoreChoice::Sqlite => None,
     };
     let replicas = match choice {
@@ -201,19 +201,19 @@ async fn loads(
     }
 }
 
-/// A schema of the run's own in the server `--database-url` names.
-struct Schema {
+/// A schema of the run's own in the server `--database-url` names (shared with
+/// `engage-sync --replicas`).
+pub(crate) struct Schema {
     server: String,
     name: String,
     /// The server's URL with the schema first on the search path, for the relays.
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Schema {
-    async fn create(args: &IngestArgs) -> Result<Schema, BenchError> {
-        let server = args
-            .database_url
-            .clone()
+    pub(crate) async fn create(database_url: Option<&str>) -> Result<Schema, BenchError> {
+        let server = database_url
+            .map(str::to_owned)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| {
                 BenchError::Setup(
@@ -227,7 +227,7 @@ impl Schema {
         Ok(Schema { server, name, url })
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         if let Err(e) = sql(&self.server, &format!("DROP SCHEMA {} CASCADE", self.name)).await {
             eprintln!("could not drop schema {}: {e}", self.name);
         }

@@ -176,6 +176,29 @@ mod tests {
             BenchArgs::try_parse_from(["b", "engage-sync", "--set", "A=b", "--set", "C=d"]).is_ok()
         );
         assert!(BenchArgs::try_parse_from(["b", "nonsense"]).is_err());
+        let pg = [
+            "b",
+            "engage-sync",
+            "--replicas",
+            "2",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/test",
+        ];
+        match BenchArgs::try_parse_from(pg).map(|a| a.which) {
+            Ok(Benchmark::EngageSync(e)) => {
+                assert_eq!(e.replicas, 2);
+                assert_eq!(
+                    e.database_url.as_deref(),
+                    Some("postgres://postgres@127.0.0.1:5432/test")
+                );
+            }
+            other => panic!("engage-sync --replicas: {other:?}"),
+        }
+        match BenchArgs::try_parse_from(["b", "engage-sync"]).map(|a| a.which) {
+            Ok(Benchmark::EngageSync(e)) => assert_eq!((e.replicas, e.database_url), (1, None)),
+            other => panic!("engage-sync: {other:?}"),
+        }
+        assert!(BenchArgs::try_parse_from(["b", "engage-sync", "--replicas", "0"]).is_err());
         let fuzz = [
             "b",
             "fuzz",
