@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{config_failure, tool_settings};
+use super::tool_store;
 use crate::clock::{Clock, TokioClock};
 use crate::store::{DeadLetter, Store, StoreError};
 
@@ -54,16 +54,9 @@ pub enum DeadLetterCommand {
 pub(super) async fn dead_letters(config_file: Option<PathBuf>, args: DeadLettersArgs) -> ExitCode {
     // Only the store is needed, so other secrets are not read; relays may be running (SQLite
     // serialises writers, PostgreSQL has transactions).
-    let settings = match tool_settings(config_file.as_deref(), args.sandbox) {
+    let store = match tool_store(config_file.as_deref(), args.sandbox).await {
         Ok(s) => s,
-        Err(e) => return config_failure(&e),
-    };
-    let store = match crate::app::open_store_shared(&settings).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = match args.command {
         DeadLetterCommand::List { json } => store

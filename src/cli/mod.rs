@@ -139,6 +139,19 @@ fn tool_settings(
     crate::config::Settings::load_without_secrets(config_file, env)
 }
 
+/// The configured store for a tool beside a running relay (see [`tool_settings`]); on failure,
+/// the exit code after saying why (2 for settings, 1 for the store).
+async fn tool_store(
+    config_file: Option<&std::path::Path>,
+    sandbox: bool,
+) -> Result<std::sync::Arc<dyn crate::store::Store>, ExitCode> {
+    let settings = tool_settings(config_file, sandbox).map_err(|e| config_failure(&e))?;
+    crate::app::open_store_shared(&settings).await.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Where `serve --sandbox` keeps its queue when `RELAY_DATA_DIR` is not set.
 const SANDBOX_DATA_DIR: &str = "./data/sandbox";
 

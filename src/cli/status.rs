@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{config_failure, tool_settings};
+use super::tool_store;
 use crate::clock::{Clock, TokioClock};
 use crate::status::{queue_view, QueueView, StateView, Status};
 use crate::store::{QueueStats, Store};
@@ -47,16 +47,9 @@ struct Reading {
 }
 
 pub(super) async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> ExitCode {
-    let settings = match tool_settings(config_file.as_deref(), args.sandbox) {
+    let store = match tool_store(config_file.as_deref(), args.sandbox).await {
         Ok(s) => s,
-        Err(e) => return config_failure(&e),
-    };
-    let store = match crate::app::open_store_shared(&settings).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = if args.watch {
         watch(store.as_ref()).await
