@@ -221,6 +221,46 @@ pub enum JobOutcome {
     },
 }
 
+impl JobOutcome {
+    /// The dead letters recording this outcome makes: one per refused property of a delivery,
+    /// one for a job given up on, none for a retry. Both stores write exactly these.
+    pub(crate) fn letters(&self) -> Vec<Letter> {
+        match self {
+            JobOutcome::RetryAt { .. } => Vec::new(),
+            JobOutcome::Delivered {
+                rejected, attempts, ..
+            } => rejected
+                .iter()
+                .map(|r| Letter {
+                    cause: DeadLetterCause::PropertyRefused,
+                    reason: r.reason.clone(),
+                    attempts: *attempts,
+                    properties: Map::from_iter([(r.key.clone(), r.value.clone())]),
+                })
+                .collect(),
+            JobOutcome::DeadLetter {
+                reason,
+                attempts,
+                cause,
+            } => vec![Letter {
+                cause: *cause,
+                reason: reason.clone(),
+                attempts: *attempts,
+                properties: Map::new(),
+            }],
+        }
+    }
+}
+
+/// What a new dead letter says beside its events.
+pub(crate) struct Letter {
+    pub cause: DeadLetterCause,
+    pub reason: String,
+    pub attempts: u32,
+    /// The properties concerned (`{}` when the whole update failed).
+    pub properties: Map<String, Value>,
+}
+
 /// Why work became a dead letter: a closed set, for metrics and for sorting dead letters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio::sync::oneshot;
 
 use super::codec::{self, from_json, platform_id_key_of, to_json, Email, Encoded};
@@ -921,11 +921,7 @@ fn finish_one(
             )?;
             return Ok(dead_letters);
         }
-        JobOutcome::Delivered {
-            applied,
-            rejected,
-            attempts,
-        } => {
+        JobOutcome::Delivered { applied, .. } => {
             for (key, ts) in applied {
                 c.prepare_cached(
                     "INSERT INTO applied (email, key, ts_ms, updated_ms) VALUES (?1, ?2, ?3, ?4)
@@ -934,31 +930,11 @@ fn finish_one(
                 )?
                 .execute(params![email, key, ts, now_ms])?;
             }
-            for r in rejected {
-                let mut props = Map::new();
-                props.insert(r.key.clone(), r.value.clone());
-                let letter = Letter {
-                    cause: DeadLetterCause::PropertyRefused,
-                    reason: &r.reason,
-                    attempts: *attempts,
-                    properties: &props,
-                };
-                dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
-            }
         }
-        JobOutcome::DeadLetter {
-            reason,
-            attempts,
-            cause,
-        } => {
-            let letter = Letter {
-                cause: *cause,
-                reason,
-                attempts: *attempts,
-                properties: &Map::new(),
-            };
-            dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
-        }
+        JobOutcome::DeadLetter { .. } => {}
+    }
+    for letter in result.outcome.letters() {
+        dead_letters.push(add_dead_letter(c, result, &letter, now_ms)?);
     }
     c.execute(
         "DELETE FROM events WHERE email = ?1 AND id <= ?2",
@@ -966,15 +942,6 @@ fn finish_one(
     )?;
     settle_job(c, o, email, now_ms)?;
     Ok(dead_letters)
-}
-
-/// What a new dead letter says beside its events.
-struct Letter<'a> {
-    cause: DeadLetterCause,
-    reason: &'a str,
-    attempts: u32,
-    /// The properties concerned (`{}` when the whole update failed).
-    properties: &'a Map<String, Value>,
 }
 
 /// After events left the queue: drop the job if nothing remains, else make it due again
@@ -1010,7 +977,7 @@ fn settle_job(
 fn add_dead_letter(
     c: &Connection,
     result: &JobResult,
-    letter: &Letter<'_>,
+    letter: &crate::store::Letter,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let mut stmt =
@@ -1030,7 +997,7 @@ fn add_dead_letter(
             letter.reason,
             letter.attempts,
             now_ms,
-            to_json(letter.properties)?,
+            to_json(&letter.properties)?,
             to_json(&events)?
         ],
     )?;

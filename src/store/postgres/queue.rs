@@ -15,7 +15,6 @@
 //!   them cannot deadlock on them (a hash collision only makes two emails share a lock).
 
 use deadpool_postgres::Transaction;
-use serde_json::Map;
 
 use super::{exec, one, rows, text};
 use crate::identify::{self, Event, IdentifyUpdate};
@@ -310,11 +309,7 @@ async fn finish_one(
             .await?;
             return Ok(dead_letters);
         }
-        JobOutcome::Delivered {
-            applied,
-            rejected,
-            attempts,
-        } => {
+        JobOutcome::Delivered { applied, .. } => {
             for (key, ts) in applied {
                 exec(
                     tx,
@@ -326,31 +321,11 @@ async fn finish_one(
                 )
                 .await?;
             }
-            for r in rejected {
-                let mut props = Map::new();
-                props.insert(r.key.clone(), r.value.clone());
-                let letter = Letter {
-                    cause: DeadLetterCause::PropertyRefused,
-                    reason: &r.reason,
-                    attempts: *attempts,
-                    properties: &props,
-                };
-                dead_letters.push(add_dead_letter(tx, result, &letter, now_ms).await?);
-            }
         }
-        JobOutcome::DeadLetter {
-            reason,
-            attempts,
-            cause,
-        } => {
-            let letter = Letter {
-                cause: *cause,
-                reason,
-                attempts: *attempts,
-                properties: &Map::new(),
-            };
-            dead_letters.push(add_dead_letter(tx, result, &letter, now_ms).await?);
-        }
+        JobOutcome::DeadLetter { .. } => {}
+    }
+    for letter in result.outcome.letters() {
+        dead_letters.push(add_dead_letter(tx, result, &letter, now_ms).await?);
     }
     exec(
         tx,
@@ -386,20 +361,11 @@ async fn settle_job(
     Ok(())
 }
 
-/// What a new dead letter says beside its events.
-struct Letter<'a> {
-    cause: DeadLetterCause,
-    reason: &'a str,
-    attempts: u32,
-    /// The properties concerned (`{}` when the whole update failed).
-    properties: &'a Map<String, serde_json::Value>,
-}
-
 /// Copies a result's events into a new dead letter; answers its id.
 async fn add_dead_letter(
     tx: &Transaction<'_>,
     result: &JobResult,
-    letter: &Letter<'_>,
+    letter: &crate::store::Letter,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let email = text(&result.email);
@@ -420,10 +386,10 @@ async fn add_dead_letter(
         &[
             &email,
             &letter.cause.as_str(),
-            &text(letter.reason),
+            &text(&letter.reason),
             &i64::from(letter.attempts),
             &now_ms,
-            &codec::to_json(letter.properties)?,
+            &codec::to_json(&letter.properties)?,
             &codec::to_json(&events)?,
         ],
     )
