@@ -646,6 +646,16 @@ fn reject(
         "other"
     };
     state.metrics.event_received(event_type, "rejected");
+    // The request itself is answered 2xx when others in it were stored, so its access line
+    // says nothing of this one: each refused event gets its own line.
+    tracing::info!(
+        status,
+        reason,
+        index,
+        message_id = %crate::telemetry::redact_emails(message_id.as_deref().unwrap_or("-")),
+        error = %crate::telemetry::redact_emails(&error),
+        "refused an event"
+    );
     answer.rejected.push(Rejection {
         index,
         message_id,

@@ -179,6 +179,28 @@ async fn probes_log_at_debug_refusals_with_their_reason() {
     );
 }
 
+/// An event refused inside a batch that is otherwise stored (the request answers 200) still
+/// gets its own info line, with its reason and messageId and no email.
+#[tokio::test]
+async fn events_refused_in_an_accepted_batch_are_logged() {
+    let sb = demo_sandbox().await;
+    let relay = TestRelay::start(&sb.url, &[]).await;
+    let batch = r#"[
+        {"type":"identify","userId":"u1","messageId":"ok-1","traits":{"email":"john.doe@example.com","plan":"x"}},
+        {"type":"identify","userId":"u2","messageId":"bad-1","traits":{"email":"not-an-email","plan":"x"}}
+    ]"#;
+    assert_eq!(relay.post(batch, &[]).await.0, 200);
+    let logs = relay.logs.text();
+    let line = logs.lines().find(|l| l.contains("refused an event"));
+    assert!(
+        line.is_some_and(|l| l.contains("INFO")
+            && l.contains("bad-1")
+            && l.contains("no_email")
+            && l.contains("status=422")),
+        "{logs}"
+    );
+}
+
 /// `status` reads what a running relay saved and the queue as it is now: text for people,
 /// `--json` for scripts, both without emails.
 #[tokio::test]
